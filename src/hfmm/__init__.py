@@ -1,3 +1,40 @@
-"""hfmm: CLIP and NeVA models, native to Hugging Face transformers."""
+"""hfmm: CLIP and NeVA models, native to Hugging Face transformers.
+
+Importing hfmm registers every config, model and processor with transformers' Auto classes, so
+`AutoModel.from_pretrained(dir)` and `pipeline("zero-shot-image-classification", model=dir)` work.
+"""
+
+from .auto import register as _register
+from .models.clip import (
+    HfmmCLIPConfig,
+    HfmmCLIPModel,
+    HfmmCLIPOutput,
+    HfmmCLIPTextConfig,
+    HfmmCLIPTextModel,
+    HfmmCLIPVisionConfig,
+    HfmmCLIPVisionModel,
+    HfmmConvNextVisionConfig,
+    HfmmConvNextVisionModel,
+    HfmmSigLIPConfig,
+    HfmmSigLIPModel,
+    available_presets,
+)
 
 __version__ = "0.1.0.dev0"
+
+_register()
+
+__all__ = [
+    "HfmmCLIPConfig",
+    "HfmmCLIPModel",
+    "HfmmCLIPOutput",
+    "HfmmCLIPTextConfig",
+    "HfmmCLIPTextModel",
+    "HfmmCLIPVisionConfig",
+    "HfmmCLIPVisionModel",
+    "HfmmConvNextVisionConfig",
+    "HfmmConvNextVisionModel",
+    "HfmmSigLIPConfig",
+    "HfmmSigLIPModel",
+    "available_presets",
+]

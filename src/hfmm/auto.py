@@ -1,0 +1,37 @@
+"""Registration of hfmm's configs, models and processors with transformers' Auto classes.
+
+Importing `hfmm` runs `register()` once; it touches no GPU, network or environment variable.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification
+
+from .models.clip import (
+    HfmmCLIPConfig,
+    HfmmCLIPModel,
+    HfmmCLIPTextConfig,
+    HfmmCLIPTextModel,
+    HfmmCLIPVisionConfig,
+    HfmmCLIPVisionModel,
+    HfmmConvNextVisionConfig,
+    HfmmConvNextVisionModel,
+    HfmmSigLIPConfig,
+    HfmmSigLIPModel,
+)
+
+_MODELS = [
+    (HfmmCLIPTextConfig, HfmmCLIPTextModel),
+    (HfmmCLIPVisionConfig, HfmmCLIPVisionModel),
+    (HfmmConvNextVisionConfig, HfmmConvNextVisionModel),
+    (HfmmCLIPConfig, HfmmCLIPModel),
+    (HfmmSigLIPConfig, HfmmSigLIPModel),
+]
+_ZERO_SHOT = [(HfmmCLIPConfig, HfmmCLIPModel), (HfmmSigLIPConfig, HfmmSigLIPModel)]
+
+
+def register() -> None:
+    """Registers every hfmm config and model (idempotent)."""
+    for config_cls, model_cls in _MODELS:
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        AutoModel.register(config_cls, model_cls, exist_ok=True)
+    for config_cls, model_cls in _ZERO_SHOT:
+        AutoModelForZeroShotImageClassification.register(config_cls, model_cls, exist_ok=True)
