@@ -33,5 +33,8 @@ def register() -> None:
     for config_cls, model_cls in _MODELS:
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         AutoModel.register(config_cls, model_cls, exist_ok=True)
+        # `save_pretrained` then writes `auto_map` and the modeling files, for users with transformers alone.
+        config_cls.register_for_auto_class()
+        model_cls.register_for_auto_class("AutoModel")
     for config_cls, model_cls in _ZERO_SHOT:
         AutoModelForZeroShotImageClassification.register(config_cls, model_cls, exist_ok=True)

@@ -441,6 +441,14 @@ class HfmmCLIPModel(HfmmCLIPPreTrainedModel):
             self.logit_bias = nn.Parameter(torch.full((1,), config.logit_bias_init_value))
         self.post_init()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers records one Auto class per class in `auto_map`; remote-code users of the zero-shot pipeline
+        # need `AutoModelForZeroShotImageClassification` too.
+        if self._auto_class is not None:
+            zero_shot = {"AutoModelForZeroShotImageClassification": f"modeling_clip.{type(self).__name__}"}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **zero_shot}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @can_return_tuple
     def get_text_features(
         self,

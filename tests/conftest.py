@@ -1,0 +1,37 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_text_config(**overrides) -> dict:
+    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4) | overrides
+
+
+def tiny_vision_config(**overrides) -> dict:
+    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=30,
+                patch_size=2) | overrides
+
+
+def tiny_clip_config(vision=None, text=None, **overrides):
+    from hfmm import HfmmCLIPConfig
+
+    return HfmmCLIPConfig(
+        vision_config=tiny_vision_config(**(vision or {})),
+        text_config=tiny_text_config(**(text or {})),
+        projection_dim=16,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def tiny_config():
+    return tiny_clip_config()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
