@@ -3,7 +3,14 @@
 Importing `hfmm` runs `register()` once; it touches no GPU, network or environment variable.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    AutoTokenizer,
+)
 
 from .models.clip import (
     HfmmCLIPConfig,
@@ -17,6 +24,7 @@ from .models.clip import (
     HfmmSigLIPConfig,
     HfmmSigLIPModel,
 )
+from .models.clip.processing_clip import HfmmCLIPImageProcessor, HfmmCLIPProcessor, HfmmCLIPTokenizer
 
 _MODELS = [
     (HfmmCLIPTextConfig, HfmmCLIPTextModel),
@@ -38,3 +46,7 @@ def register() -> None:
         model_cls.register_for_auto_class("AutoModel")
     for config_cls, model_cls in _ZERO_SHOT:
         AutoModelForZeroShotImageClassification.register(config_cls, model_cls, exist_ok=True)
+        AutoTokenizer.register(config_cls, tokenizer_class=HfmmCLIPTokenizer, exist_ok=True)
+        # OpenCLIP's preprocessing is PIL-based; hfmm's processor is the one exact implementation of it.
+        AutoImageProcessor.register(config_cls, image_processor_classes={"pil": HfmmCLIPImageProcessor}, exist_ok=True)
+        AutoProcessor.register(config_cls, HfmmCLIPProcessor, exist_ok=True)

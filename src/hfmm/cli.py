@@ -1,0 +1,65 @@
+"""The `hfmm` command line: `hfmm demo | zero-shot`."""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def zero_shot(args: argparse.Namespace) -> int:
+    """Prints the labels of each image, most probable first."""
+    from PIL import Image, UnidentifiedImageError
+    from transformers import pipeline
+
+    import hfmm  # noqa: F401  (registers hfmm's classes)
+
+    if not args.label:
+        raise ValueError("Give at least one --label.")
+    classifier = pipeline("zero-shot-image-classification", model=args.model)
+    for path in args.images:
+        try:
+            image = Image.open(path)
+            image.load()
+        except (OSError, UnidentifiedImageError) as error:
+            raise ValueError(f"Cannot read image {path}: {error}") from error
+        print(path)
+        for row in classifier(image, candidate_labels=args.label, hypothesis_template=args.template):
+            print(f"  {row['score']:.4f}  {row['label']}")
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from hfmm.demo import run_clip_demo
+
+    run_clip_demo(Path(args.out), preset=args.preset)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hfmm", description="CLIP and NeVA models, native to transformers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    shot = commands.add_parser("zero-shot", help="rank text labels for images with a CLIP model")
+    shot.add_argument("--model", required=True, help="model folder or Hub id")
+    shot.add_argument("--label", action="append", default=[], help="a candidate label (repeat)")
+    shot.add_argument("--template", default="a photo of {}.", help="prompt template for each label")
+    shot.add_argument("images", nargs="+", help="image files")
+    shot.set_defaults(func=zero_shot)
+
+    show = commands.add_parser("demo", help="build, save, reload and run a tiny CLIP end to end")
+    show.add_argument("--out", default="demo_output", help="output folder")
+    show.add_argument("--preset", default="ViT-B-32", help="architecture preset (widths shrunk for speed)")
+    show.set_defaults(func=demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hfmm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
