@@ -21,6 +21,18 @@ _PROJECTIONS = ("linear", "mlp")
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
+# Megatron-style tensor parallelism of a tower (NeMo's TP, the transformers way): q/k/v and fc1 split by output
+# features, out_proj and fc2 by input features; attention then runs on each rank's own heads.
+TOWER_TP_PLAN = {
+    "encoder.layers.*.self_attn.q_proj": "colwise",
+    "encoder.layers.*.self_attn.k_proj": "colwise",
+    "encoder.layers.*.self_attn.v_proj": "colwise",
+    "encoder.layers.*.self_attn.out_proj": "rowwise",
+    "encoder.layers.*.mlp.fc1": "colwise",
+    "encoder.layers.*.mlp.fc2": "rowwise",
+}
+
+
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"`{name}`={value!r} is not supported; choose one of {list(choices)}.")
@@ -81,6 +93,7 @@ class HfmmCLIPTextConfig(PreTrainedConfig):
 
     model_type = "hfmm_clip_text_model"
     base_config_key = "text_config"
+    base_model_tp_plan = TOWER_TP_PLAN
 
     vocab_size: int = 49408
     hidden_size: int = 512
@@ -162,6 +175,7 @@ class HfmmCLIPVisionConfig(PreTrainedConfig):
 
     model_type = "hfmm_clip_vision_model"
     base_config_key = "vision_config"
+    base_model_tp_plan = TOWER_TP_PLAN
 
     hidden_size: int = 768
     intermediate_size: int = 3072
