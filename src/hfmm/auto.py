@@ -47,6 +47,8 @@ def register() -> None:
     for config_cls, model_cls in _ZERO_SHOT:
         AutoModelForZeroShotImageClassification.register(config_cls, model_cls, exist_ok=True)
         AutoTokenizer.register(config_cls, tokenizer_class=HfmmCLIPTokenizer, exist_ok=True)
-        # OpenCLIP's preprocessing is PIL-based; hfmm's processor is the one exact implementation of it.
-        AutoImageProcessor.register(config_cls, image_processor_classes={"pil": HfmmCLIPImageProcessor}, exist_ok=True)
+        # OpenCLIP's preprocessing is PIL-based and hfmm's processor is its one exact implementation, whichever
+        # backend transformers asks for.
+        backends = {"pil": HfmmCLIPImageProcessor, "torchvision": HfmmCLIPImageProcessor}
+        AutoImageProcessor.register(config_cls, image_processor_classes=backends, exist_ok=True)
         AutoProcessor.register(config_cls, HfmmCLIPProcessor, exist_ok=True)
