@@ -38,8 +38,10 @@ def build_models():
 def encoders(name, model):
     if name == "open_clip":
         return model.encode_image, model.encode_text
-    return (lambda x: model.get_image_features(pixel_values=x).pooler_output,
-            lambda t: model.get_text_features(input_ids=t).pooler_output)
+    return (
+        lambda x: model.get_image_features(pixel_values=x).pooler_output,
+        lambda t: model.get_text_features(input_ids=t).pooler_output,
+    )
 
 
 def timed(fn, inputs) -> float:
@@ -54,7 +56,7 @@ def measure(models, batch: int, rounds: int) -> dict:
     fns = {name: encoders(name, model) for name, model in models.items()}
     times = {(name, kind): [] for name in models for kind in ("image", "text")}
     with torch.inference_mode():
-        for name, (image_fn, text_fn) in fns.items():  # warm-up
+        for image_fn, text_fn in fns.values():  # warm-up
             image_fn(pixels), text_fn(texts)
         for _ in range(rounds):
             for name, (image_fn, text_fn) in fns.items():

@@ -12,8 +12,17 @@ def tiny_text_config(**overrides) -> dict:
 
 
 def tiny_vision_config(**overrides) -> dict:
-    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=30,
-                patch_size=2) | overrides
+    return (
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=30,
+            patch_size=2,
+        )
+        | overrides
+    )
 
 
 def tiny_clip_config(vision=None, text=None, **overrides):

@@ -31,7 +31,12 @@ def tiny_config(preset: str) -> HfmmCLIPConfig:
     config = HfmmCLIPConfig.from_preset(preset)
     vision, text = config.vision_config, config.text_config
     if vision.model_type == "hfmm_clip_vision_model":
-        vision.hidden_size, vision.intermediate_size, vision.num_attention_heads, vision.num_hidden_layers = 64, 256, 4, 2
+        vision.hidden_size, vision.intermediate_size, vision.num_attention_heads, vision.num_hidden_layers = (
+            64,
+            256,
+            4,
+            2,
+        )
     text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_hidden_layers = 64, 256, 4, 2
     config.projection_dim = 32
     return config

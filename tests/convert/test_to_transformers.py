@@ -51,8 +51,14 @@ def test_export_matches_hfmm(tmp_path, act):
         (tiny_clip_config(vision={"patch_embedding_bias": True}), "patch-embedding bias"),
         (tiny_clip_config(logit_bias_init_value=-10.0), "logit bias"),
         (
-            HfmmCLIPConfig(vision_config={"model_type": "hfmm_convnext_vision_model", "timm_model_name": "convnext_atto",
-                                          "hidden_size": 320}, text_config=tiny_clip_config().text_config),
+            HfmmCLIPConfig(
+                vision_config={
+                    "model_type": "hfmm_convnext_vision_model",
+                    "timm_model_name": "convnext_atto",
+                    "hidden_size": 320,
+                },
+                text_config=tiny_clip_config().text_config,
+            ),
             "hfmm_convnext_vision_model image tower",
         ),
     ],

@@ -15,7 +15,15 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # OpenCLIP config keys hfmm can represent; any other key with a non-default value is refused by name.
 _VISION_KEYS = {"image_size", "layers", "width", "head_width", "mlp_ratio", "patch_size", "patch_dropout"}
-_TIMM_KEYS = {"timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj", "timm_drop", "timm_drop_path", "image_size"}
+_TIMM_KEYS = {
+    "timm_model_name",
+    "timm_model_pretrained",
+    "timm_pool",
+    "timm_proj",
+    "timm_drop",
+    "timm_drop_path",
+    "image_size",
+}
 _TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
 
 
@@ -136,7 +144,10 @@ _BLOCK = {
     r"attn\.out_proj\.(weight|bias)": ("self_attn.out_proj.{0}", _same),
     r"mlp\.c_fc\.(weight|bias)": ("mlp.fc1.{0}", _same),
     r"mlp\.c_proj\.(weight|bias)": ("mlp.fc2.{0}", _same),
-    r"attn\.in_proj_(weight|bias)": (("self_attn.q_proj.{0}", "self_attn.k_proj.{0}", "self_attn.v_proj.{0}"), split_qkv),
+    r"attn\.in_proj_(weight|bias)": (
+        ("self_attn.q_proj.{0}", "self_attn.k_proj.{0}", "self_attn.v_proj.{0}"),
+        split_qkv,
+    ),
 }
 
 

@@ -4,8 +4,17 @@ from transformers import CLIPConfig, CLIPModel
 
 from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel
 
-_TOWER_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
-               "layer_norm_eps", "attention_dropout", "initializer_range", "initializer_factor")
+_TOWER_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "hidden_act",
+    "layer_norm_eps",
+    "attention_dropout",
+    "initializer_range",
+    "initializer_factor",
+)
 
 
 def unsupported_features(config: HfmmCLIPConfig) -> list[str]:
@@ -14,12 +23,15 @@ def unsupported_features(config: HfmmCLIPConfig) -> list[str]:
     if vision.model_type != "hfmm_clip_vision_model":
         return [f"a {vision.model_type} image tower (CLIPModel holds ViT towers only)"]
     checks = {
-        "a learned logit bias (sigmoid-loss model)": config.logit_bias_init_value is not None or "siglip" in config.model_type,
-        f"class_token_length={vision.class_token_length} (CLIPModel has one class token)": vision.class_token_length != 1,
+        "a learned logit bias (sigmoid-loss model)": config.logit_bias_init_value is not None
+        or "siglip" in config.model_type,
+        f"class_token_length={vision.class_token_length} (CLIPModel has one class token)": vision.class_token_length
+        != 1,
         "global_average_pool (CLIPModel pools the class token)": vision.global_average_pool,
         "a patch-embedding bias": vision.patch_embedding_bias,
         "an MLP visual projection": vision.projection_type != "linear",
-        f"text pooling at eos_token_id={text.eos_token_id} with bos/eos ids that are not CLIP's": text.eos_token_id == 2,
+        f"text pooling at eos_token_id={text.eos_token_id} with bos/eos ids that are not CLIP's": text.eos_token_id
+        == 2,
     }
     return [feature for feature, present in checks.items() if present]
 
@@ -32,12 +44,21 @@ def to_transformers_config(config: HfmmCLIPConfig) -> CLIPConfig:
     vision, text = config.vision_config, config.text_config
     return CLIPConfig(
         vision_config={k: getattr(vision, k) for k in _TOWER_KEYS}
-        | {"image_size": vision.image_size, "patch_size": vision.patch_size, "num_channels": vision.num_channels,
-           "projection_dim": config.projection_dim},
+        | {
+            "image_size": vision.image_size,
+            "patch_size": vision.patch_size,
+            "num_channels": vision.num_channels,
+            "projection_dim": config.projection_dim,
+        },
         text_config={k: getattr(text, k) for k in _TOWER_KEYS}
-        | {"vocab_size": text.vocab_size, "max_position_embeddings": text.max_position_embeddings,
-           "pad_token_id": text.pad_token_id, "bos_token_id": text.bos_token_id, "eos_token_id": text.eos_token_id,
-           "projection_dim": config.projection_dim},
+        | {
+            "vocab_size": text.vocab_size,
+            "max_position_embeddings": text.max_position_embeddings,
+            "pad_token_id": text.pad_token_id,
+            "bos_token_id": text.bos_token_id,
+            "eos_token_id": text.eos_token_id,
+            "projection_dim": config.projection_dim,
+        },
         projection_dim=config.projection_dim,
         logit_scale_init_value=config.logit_scale_init_value,
     )

@@ -142,11 +142,15 @@ def test_patch_dropout_and_drop_path_are_training_only():
     model.train()
     embedded = model.vision_model.embeddings(pixels)
     assert embedded.shape == (2, 2 + 112, 32)  # both class tokens kept, int(225 * 0.5) patches
-    class_tokens = model.vision_model.embeddings.class_embedding + model.vision_model.embeddings.position_embedding.weight[:2]
+    class_tokens = (
+        model.vision_model.embeddings.class_embedding + model.vision_model.embeddings.position_embedding.weight[:2]
+    )
     torch.testing.assert_close(embedded[:, :2], class_tokens.expand(2, -1, -1))
     model.eval(), plain.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model.get_image_features(pixels).pooler_output, plain.get_image_features(pixels).pooler_output)
+        torch.testing.assert_close(
+            model.get_image_features(pixels).pooler_output, plain.get_image_features(pixels).pooler_output
+        )
     rates = [layer.drop_path_rate for layer in model.vision_model.encoder.layers]
     assert rates == [0.0, 0.5]
 
@@ -160,7 +164,9 @@ def test_siglip_model_type_and_bias():
     ids, mask = text_inputs(batch=2)
     with torch.no_grad():
         out = model(ids, torch.randn(2, 3, 30, 30), mask, return_loss=True)
-    torch.testing.assert_close(out.logits_per_image, model.logit_scale.exp() * out.image_embeds @ out.text_embeds.t() - 10)
+    torch.testing.assert_close(
+        out.logits_per_image, model.logit_scale.exp() * out.image_embeds @ out.text_embeds.t() - 10
+    )
     assert torch.isfinite(out.loss)
 
 
@@ -184,7 +190,11 @@ def test_bad_config_raises_value_error(make, message):
 
 def test_convnext_hidden_size_mismatch_is_named():
     config = HfmmCLIPConfig(
-        vision_config={"model_type": "hfmm_convnext_vision_model", "timm_model_name": "convnext_atto", "hidden_size": 321},
+        vision_config={
+            "model_type": "hfmm_convnext_vision_model",
+            "timm_model_name": "convnext_atto",
+            "hidden_size": 321,
+        },
         text_config=tiny_clip_config().text_config.to_dict(),
         projection_dim=16,
     )

@@ -29,8 +29,10 @@ def test_embeddings_match_open_clip(name, quick_gelu):
         image = model.get_image_features(pixels).pooler_output
         text = model.get_text_features(ids).pooler_output
         logits = model(ids, pixels).logits_per_image
-        ref_logits = reference.logit_scale.exp() * torch.nn.functional.normalize(ref_image, dim=-1) @ (
-            torch.nn.functional.normalize(ref_text, dim=-1).t()
+        ref_logits = (
+            reference.logit_scale.exp()
+            * torch.nn.functional.normalize(ref_image, dim=-1)
+            @ (torch.nn.functional.normalize(ref_text, dim=-1).t())
         )
     assert (image - ref_image).abs().max() <= 1e-5
     assert (text - ref_text).abs().max() <= 1e-5

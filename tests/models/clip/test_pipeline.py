@@ -41,7 +41,9 @@ def open_clip_probabilities(reference, images, labels):
     preprocess = open_clip.image_transform(224, is_train=False)
     tokens = open_clip.get_tokenizer("ViT-B-32")([TEMPLATE.format(label) for label in labels])
     with torch.no_grad():
-        image = torch.nn.functional.normalize(reference.encode_image(torch.stack([preprocess(i) for i in images])), dim=-1)
+        image = torch.nn.functional.normalize(
+            reference.encode_image(torch.stack([preprocess(i) for i in images])), dim=-1
+        )
         text = torch.nn.functional.normalize(reference.encode_text(tokens), dim=-1)
         return (reference.logit_scale.exp() * image @ text.t()).softmax(dim=-1)
 
@@ -94,7 +96,9 @@ def test_remote_code_load_without_hfmm(saved_vit):
 
 def test_siglip_pipeline_applies_sigmoid(tmp_path):
     tiny = tiny_clip_config(vision={"image_size": 32, "patch_size": 8})
-    model = HfmmSigLIPModel(HfmmSigLIPConfig(vision_config=tiny.vision_config, text_config=tiny.text_config, projection_dim=16))
+    model = HfmmSigLIPModel(
+        HfmmSigLIPConfig(vision_config=tiny.vision_config, text_config=tiny.text_config, projection_dim=16)
+    )
     with torch.no_grad():
         model.logit_bias.fill_(-1.0)
     model.save_pretrained(tmp_path)
@@ -103,7 +107,9 @@ def test_siglip_pipeline_applies_sigmoid(tmp_path):
     classifier = pipeline("zero-shot-image-classification", model=str(tmp_path))
     image = photos()[1]
     scores = pipeline_probabilities(classifier, [image], LABELS)[0]
-    inputs = processor(text=[TEMPLATE.format(label) for label in LABELS], images=image, return_tensors="pt", padding=True)
+    inputs = processor(
+        text=[TEMPLATE.format(label) for label in LABELS], images=image, return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         expected = model(**inputs).logits_per_image.sigmoid()[0]
     assert (scores - expected).abs().max() <= 1e-5

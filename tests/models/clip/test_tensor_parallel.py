@@ -14,8 +14,16 @@ WORKER = Path(__file__).with_name("tp_worker.py")
 
 def test_tensor_parallel_two_ranks(tmp_path):
     HfmmCLIPModel(tiny_clip_config()).save_pretrained(tmp_path)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(WORKER), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("REPORT ")]

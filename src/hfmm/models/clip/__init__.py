@@ -15,3 +15,19 @@ from .modeling_clip import (
     HfmmConvNextVisionModel,
     HfmmSigLIPModel,
 )
+
+__all__ = [
+    "HfmmCLIPConfig",
+    "HfmmCLIPModel",
+    "HfmmCLIPOutput",
+    "HfmmCLIPPreTrainedModel",
+    "HfmmCLIPTextConfig",
+    "HfmmCLIPTextModel",
+    "HfmmCLIPVisionConfig",
+    "HfmmCLIPVisionModel",
+    "HfmmConvNextVisionConfig",
+    "HfmmConvNextVisionModel",
+    "HfmmSigLIPConfig",
+    "HfmmSigLIPModel",
+    "available_presets",
+]

@@ -205,7 +205,9 @@ class HfmmCLIPVisionConfig(PreTrainedConfig):
         _check_choice("hidden_act", self.hidden_act, _ACTIVATIONS)
         _check_preprocessing(self)
         if self.image_size % self.patch_size != 0:
-            raise ValueError(f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size}).")
+            raise ValueError(
+                f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})."
+            )
         if self.class_token_length < 1:
             raise ValueError(f"`class_token_length` must be at least 1, got {self.class_token_length}.")
         if not 0.0 <= self.drop_patch_rate < 1.0:
@@ -317,8 +319,12 @@ class HfmmCLIPConfig(PreTrainedConfig):
             vision_type = self.vision_config.get("model_type", HfmmCLIPVisionConfig.model_type)
             _check_choice("vision_config.model_type", vision_type, VISION_CONFIG_CLASSES)
             self.vision_config = VISION_CONFIG_CLASSES[vision_type](**self.vision_config)
-        elif self.vision_config is not None and not isinstance(self.vision_config, tuple(VISION_CONFIG_CLASSES.values())):
-            raise ValueError(f"`vision_config` must be one of {list(VISION_CONFIG_CLASSES)}, got {type(self.vision_config)}.")
+        elif self.vision_config is not None and not isinstance(
+            self.vision_config, tuple(VISION_CONFIG_CLASSES.values())
+        ):
+            raise ValueError(
+                f"`vision_config` must be one of {list(VISION_CONFIG_CLASSES)}, got {type(self.vision_config)}."
+            )
         if self.projection_dim < 1:
             raise ValueError(f"`projection_dim` must be positive, got {self.projection_dim}.")
         super().__post_init__(**kwargs)

@@ -374,7 +374,9 @@ class HfmmConvNextVisionModel(HfmmCLIPPreTrainedModel):
         import timm  # only ConvNeXt towers need timm
 
         kwargs = dict(config.timm_model_kwargs or {})
-        self.trunk = timm.create_model(config.timm_model_name, pretrained=False, drop_path_rate=config.drop_path_rate, **kwargs)
+        self.trunk = timm.create_model(
+            config.timm_model_name, pretrained=False, drop_path_rate=config.drop_path_rate, **kwargs
+        )
         self.trunk.reset_classifier(0)
         if self.trunk.num_features != config.hidden_size:
             raise ValueError(
