@@ -4,7 +4,8 @@
 
 Refuses, naming the feature, models that `CLIPModel` cannot represent (ConvNeXt towers, several class tokens,
 a patch-embedding bias, average pooling, a logit bias). The exported tokenizer is transformers' `CLIPTokenizer`,
-which skips OpenCLIP's ftfy/HTML text cleaning; the image processor is transformers' PIL-backend
+which skips OpenCLIP's ftfy/HTML text cleaning and
+pads with the end-of-text token (the embeddings are the same); the image processor is transformers' PIL-backend
 `CLIPImageProcessor`, which composites transparent images on white before resizing. Both drift from hfmm's
 processor on such inputs only.
 """
@@ -30,7 +31,9 @@ def native_processors(model_config, tokenizer_dir):
         image_std=list(vision.image_std),
         resample={"bicubic": 3, "bilinear": 2, "nearest": 0}[vision.interpolation],
     )
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, pad_token="!")
+    # Pad with the end-of-text token (transformers' convention; pooling takes the first one). A "!" pad token
+    # would become special in CLIPTokenizer and split "!" out of every text.
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, pad_token="<end_of_text>")
     return image_processor, tokenizer
 
 

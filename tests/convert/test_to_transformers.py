@@ -32,6 +32,9 @@ def test_export_matches_hfmm(tmp_path, act):
     native = CLIPModel.from_pretrained(tmp_path / "dst").eval()
     assert native.config.vision_config.hidden_act == act
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "dst")
+    ours_tok = HfmmCLIPProcessor.from_vision_config(model.config.vision_config).tokenizer
+    for text in ("wow!! a cat", "a photo of a dog, 3 years old"):
+        assert tokenizer(text)["input_ids"] == ours_tok(text)["input_ids"]
     ids = tokenizer(["a photo of a cat", "a dog"], padding=True, return_tensors="pt")
     pixels = torch.randn(2, 3, 30, 30)
     with torch.no_grad():
