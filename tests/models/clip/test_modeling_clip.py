@@ -206,3 +206,26 @@ def test_wrong_image_size_is_a_value_error(tiny_config):
     model = HfmmCLIPModel(tiny_config).eval()
     with pytest.raises(ValueError, match="does not match the model"):
         model.get_image_features(torch.randn(1, 3, 32, 32))
+
+
+def test_flash_attention_without_flash_attn_is_a_clear_error(tiny_config):
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
+        pytest.skip("flash-attn is usable here; the GPU test covers it")
+    with pytest.raises((ImportError, ValueError), match="(?i)flash"):
+        AutoModel.from_config(tiny_config, attn_implementation="flash_attention_2")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with flash-attn")
+def test_flash_attention_matches_sdpa_on_gpu(tiny_config):
+    pytest.importorskip("flash_attn", reason="flash-attn (extra `gpu`) is not installed")
+    sdpa = HfmmCLIPModel(tiny_config).eval().cuda().half()
+    flash = AutoModel.from_config(tiny_config, attn_implementation="flash_attention_2").eval().cuda().half()
+    flash.load_state_dict(sdpa.state_dict())
+    ids, mask = text_inputs()
+    pixels = torch.randn(2, 3, 30, 30, device="cuda", dtype=torch.half)
+    (si, st), (fi, ft) = (embeddings(m, pixels, ids.cuda(), mask.cuda()) for m in (sdpa, flash))
+    assert (si.pooler_output - fi.pooler_output).abs().max() <= 1e-2
+    assert (st.pooler_output - ft.pooler_output).abs().max() <= 1e-2

@@ -47,3 +47,15 @@ def test_wrong_activation_is_detected():
     with torch.no_grad():
         diff = (model.get_image_features(pixels).pooler_output - reference.encode_image(pixels)).abs().max()
     assert diff > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ViT-B-32", "convnext_base"])
+def test_full_size_embeddings_match_open_clip(name):
+    reference, cfg = open_clip_model(name, layers=None)
+    model = hfmm_twin(reference, cfg, shrunk=False)
+    pixels = torch.randn(2, 3, 224, 224)
+    ids = open_clip.get_tokenizer("ViT-B-32")(["a diagram", "a dog on a skateboard"])
+    with torch.no_grad():
+        assert (model.get_image_features(pixels).pooler_output - reference.encode_image(pixels)).abs().max() <= 1e-5
+        assert (model.get_text_features(ids).pooler_output - reference.encode_text(ids)).abs().max() <= 1e-5
