@@ -62,7 +62,9 @@ def load_torch_file(path: str | Path) -> object:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
+        reason = next(
+            (line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported global" in line), ""
+        )
         raise CheckpointError(
             f"{path}: refused to unpickle: it needs code beyond tensors and plain containers to load "
             f"(torch.load with weights_only=True). {reason}".strip()
