@@ -46,12 +46,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_TILE_SIZE", "clip_loss", "naive_clip_loss", "naive_siglip_loss", "siglip_loss"]
+__all__ = ["DEFAULT_TILE_SIZE", "RING_TILE_SIZE", "clip_loss", "naive_clip_loss", "naive_siglip_loss", "siglip_loss"]
 
 MODES = ("auto", "local", "gather", "ring")
-# Fastest of 512 / 1024 / 2048 for the fused CLIP loss on a 2-core AVX-512 CPU (benchmarks/bench_loss.py --tiles);
-# a 1024 x 1024 fp32 tile is 4 MiB.
+# Fastest of 512 / 1024 / 2048 for CLIP at B = 16384, d = 512 on a 2-core AVX-512 CPU (7.7 s vs 9.7 s and 7.8 s,
+# `benchmarks/bench_loss.py --tiles 1024,512,2048`); a 1024 x 1024 fp32 tile is 4 MiB.
 DEFAULT_TILE_SIZE = 1024
+# A ring rank also holds three messages of tile * (2 d + 2) floats; at 512 its memory beyond the gradients stays a
+# few MiB (42 vs 55 MiB per rank at B = 16384 on 2 ranks, same speed: BENCHMARKS.md).
+RING_TILE_SIZE = 512
 
 
 # ----------------------------------------------------------------------------------------------------- public API
@@ -82,8 +85,9 @@ def clip_loss(
             initialised or has one rank, ring on NCCL, gather otherwise (gloo).
         group (`torch.distributed.ProcessGroup`, *optional*):
             The ranks whose batches form the global batch; defaults to the default group.
-        tile_size (`int`, *optional*, defaults to `DEFAULT_TILE_SIZE`):
-            Rows and columns per logit tile (and columns per ring message).
+        tile_size (`int`, *optional*):
+            Rows and columns per logit tile, and columns per ring message. Defaults to `DEFAULT_TILE_SIZE` (1024), or
+            `RING_TILE_SIZE` (512) in ring mode.
 
     Returns:
         `torch.Tensor`: 0-dim, float32 (float64 for float64 embeddings), this rank's share of the loss; the mean over
@@ -91,7 +95,7 @@ def clip_loss(
     """
     _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias, tile_size)
     comm = _communicator(mode, group, image_embeds)
-    return _ClipLoss.apply(image_embeds, text_embeds, logit_scale, logit_bias, comm, tile_size or DEFAULT_TILE_SIZE)
+    return _ClipLoss.apply(image_embeds, text_embeds, logit_scale, logit_bias, comm, tile_size or _default_tile(comm))
 
 
 @torch.compiler.disable
@@ -126,7 +130,9 @@ def siglip_loss(
     """
     _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias, tile_size)
     comm = _communicator(mode, group, image_embeds)
-    return _SigLipLoss.apply(image_embeds, text_embeds, logit_scale, logit_bias, comm, tile_size or DEFAULT_TILE_SIZE)
+    return _SigLipLoss.apply(
+        image_embeds, text_embeds, logit_scale, logit_bias, comm, tile_size or _default_tile(comm)
+    )
 
 
 def naive_clip_loss(
@@ -192,6 +198,10 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _default_tile(comm: _Comm | None) -> int:
+    return RING_TILE_SIZE if comm is not None and comm.mode == "ring" else DEFAULT_TILE_SIZE
+
+
 def _spans(n: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
@@ -250,20 +260,19 @@ class _Comm:
         _reduce_scatter_single(own, full, group=self.group)
         return own.log_().add_(m.chunk(self.size)[self.rank]) if kind == "lse" else own
 
-    def hop(self, parts: list[torch.Tensor]) -> _Hop:
-        """Send `parts`, packed in one buffer, to the next rank; receive the same layout from the previous one."""
-        return _Hop(self, parts)
-
 
 class _Hop:
-    """One ring step in flight. The send buffer is kept alive until `wait` (gloo needs every request waited)."""
+    """One ring step in flight: `parts` packed into (a prefix of) `send`, the same layout received into `recv` from
+    the previous rank. Both are long-lived buffers, left alone until `wait` (gloo needs every request waited)."""
 
-    def __init__(self, comm: _Comm, parts: list[torch.Tensor]):
+    def __init__(self, comm: _Comm, parts: list[torch.Tensor], send: torch.Tensor, recv: torch.Tensor):
         self.shapes = [p.shape for p in parts]
-        self.send = torch.cat([p.reshape(-1) for p in parts])
-        self.recv = torch.empty_like(self.send)
+        sizes = [p.numel() for p in parts]
+        send, self.recv = send[: sum(sizes)], recv[: sum(sizes)]
+        for chunk, part in zip(send.split(sizes), parts):
+            chunk.view(part.shape).copy_(part)
         ops = [
-            dist.P2POp(dist.isend, self.send, comm.next_peer, comm.group),
+            dist.P2POp(dist.isend, send, comm.next_peer, comm.group),
             dist.P2POp(dist.irecv, self.recv, comm.prev_peer, comm.group),
         ]
         self.works = dist.batch_isend_irecv(ops)
@@ -271,24 +280,25 @@ class _Hop:
     def wait(self) -> list[torch.Tensor]:
         for work in self.works:
             work.wait()
-        self.send = None
         sizes = [math.prod(s) for s in self.shapes]
         return [x.view(s) for x, s in zip(self.recv.split(sizes), self.shapes)]
 
 
 # ----------------------------------------------------------------------------------------------------- tile kernels
 class _Rows:
-    """This rank's rows (image embeddings) and the two work tiles shared by every tile of one sweep."""
+    """This rank's rows (image embeddings) and the work buffers shared by every tile of one sweep: the scaled rows of
+    a tile and two `(tile, tile)` logit tiles."""
 
     def __init__(self, rows: torch.Tensor, scale: torch.Tensor, tile: int, dtype: torch.dtype):
         self.rows, self.scale, self.dtype = rows, scale, dtype
         self.spans = _spans(rows.shape[0], tile)
         side = min(tile, rows.shape[0])  # column chunks are at most this wide too: all ranks have b_l rows
         self.work = torch.empty(2, side * side, dtype=dtype, device=rows.device)
+        self.q = torch.empty(side, rows.shape[1], dtype=dtype, device=rows.device)
 
     def logits(self, p0: int, p1: int, cols: torch.Tensor, bias: torch.Tensor | None = None):
         """Scaled rows `p0:p1` and their logits against `cols` (in work tile 0)."""
-        q = self.rows[p0:p1].to(self.dtype) * self.scale  # (tp, D), upcast before scaling
+        q = self.q[: p1 - p0].copy_(self.rows[p0:p1]).mul_(self.scale)  # (tp, D), upcast before scaling
         x = self.work[0, : (p1 - p0) * cols.shape[0]].view(p1 - p0, cols.shape[0])  # (tp, tc)
         if bias is None:
             torch.mm(q, cols.T, out=x)
@@ -380,12 +390,11 @@ def _siglip_backward(rows: _Rows, cols, diag, out, *, bias, g, d_rows, d_bias) -
 Kernel = Callable[..., None]  # (cols, diag, out) -> None
 
 
+_NEUTRAL = {"lse": -math.inf, "sum": 0.0}
+
+
 def _neutral(acc, n: int, like: torch.Tensor) -> torch.Tensor | None:
-    if acc is None:
-        return None
-    kind, tail = acc
-    fill = -math.inf if kind == "lse" else 0.0
-    return like.new_full((n, *tail), fill)
+    return None if acc is None else like.new_full((n, *acc[1]), _NEUTRAL[acc[0]])
 
 
 def _merge(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -425,32 +434,37 @@ def _sweep_ring(comm: _Comm, payload, kernel: Kernel, acc, tile: int, dtype):
     """Chunk-major ring. For chunk index j, rank r processes (r, j), (r-1, j), ..., (r-n+1, j), one per step; at each
     step it forwards the chunk it is computing on and, in the same buffer, the accumulator of the chunk it computed
     the step before (merged with its predecessor's), so accumulators travel one hop behind their columns. At the
-    first step of chunk j the accumulator that arrives is the finished one of this rank's chunk j - 1."""
+    first step of chunk j the accumulator that arrives is the finished one of this rank's chunk j - 1.
+
+    Memory: three message buffers (send, receive, and the one holding the columns being computed on) and one
+    accumulator chunk, all allocated once: O(tile * d), whatever the batch."""
     n, b_l = comm.size, payload[0].shape[0]
     spans = _spans(b_l, tile)
-    out = _neutral(acc, b_l, payload[0].new_empty((), dtype=dtype))
-    chain = None  # accumulator of the chunk computed at the previous step
+    like = payload[0].new_empty((), dtype=dtype)
+    out = _neutral(acc, b_l, like)
+    width = sum(math.prod(x.shape[1:]) for x in payload) + (0 if acc is None else math.prod(acc[1]))
+    buffers = [like.new_empty(spans[0][1] * width) for _ in range(3)]
+    partial = _neutral(acc, spans[0][1], like)  # this rank's part of a chunk's accumulator, then the chain
+    chain, held = None, None  # chain: accumulator of the chunk computed at the previous step; held: buffer of `cols`
     for j, (q0, q1) in enumerate(spans):
-        cols = tuple(x[q0:q1].to(dtype) for x in payload)  # own chunk first
+        cols, held = tuple(x[q0:q1].to(dtype) for x in payload), None  # own chunk first
         for k in range(n):
-            send = list(cols) if k < n - 1 else []  # the next rank has seen every other rank's chunk j after this
-            if chain is not None:
-                send.append(chain)
-            hop = comm.hop(send) if send else None
-            partial = _neutral(acc, q1 - q0, out)
-            kernel(cols, q0 if k == 0 else None, partial)  # overlapped with the transfer
+            parts = (list(cols) if k < n - 1 else []) + ([] if chain is None else [chain])
+            send, recv = [i for i in range(3) if i != held][:2]
+            hop = _Hop(comm, parts, buffers[send], buffers[recv]) if parts else None  # packs before partial resets
+            mine = None if acc is None else partial[: q1 - q0].fill_(_NEUTRAL[acc[0]])
+            kernel(cols, q0 if k == 0 else None, mine)  # overlapped with the transfer
             received = hop.wait() if hop is not None else []
             if acc is not None:
                 incoming = received.pop() if chain is not None else None
-                if k == 0:
-                    if j > 0:
-                        out[slice(*spans[j - 1])] = incoming
-                    chain = partial
-                else:
-                    chain = _merge(acc[0], partial, incoming)
-            cols = tuple(received)
+                if k > 0:
+                    _merge(acc[0], mine, incoming)
+                elif j > 0:
+                    out[slice(*spans[j - 1])] = incoming
+                chain = mine
+            cols, held = tuple(received), recv
     if acc is not None:  # last hop: the finished accumulator of chunk (r + 1, last) goes home
-        out[slice(*spans[-1])] = comm.hop([chain]).wait()[0]
+        out[slice(*spans[-1])] = _Hop(comm, [chain], buffers[0], buffers[1]).wait()[0]
     return out
 
 
