@@ -277,9 +277,9 @@ def _section(results: dict, args, command: str) -> str:
     import open_clip
     import torch
 
-    from hfmm.losses import DEFAULT_TILE_SIZE
+    from hfmm.losses import DEFAULT_TILE_SIZE, RING_TILE_SIZE
 
-    tile = args.tiles[0] or DEFAULT_TILE_SIZE
+    tiles = f"{args.tiles[0]}" if args.tiles[0] else f"{DEFAULT_TILE_SIZE} (ring {RING_TILE_SIZE}), the defaults"
     return "\n".join(
         [
             START,
@@ -288,7 +288,7 @@ def _section(results: dict, args, command: str) -> str:
             f"Command: `{command}`  ",
             f"Date: {datetime.date.today().isoformat()}; machine: {MACHINE} ({platform.processor() or 'x86_64'}, "
             f"{os.cpu_count()} cores visible); torch {torch.__version__}, open_clip {open_clip.__version__}; "
-            f"hfmm tile size {tile}; repeats: {args.repeats} (median).",
+            f"hfmm tile size {tiles}; repeats: {args.repeats} (median).",
             "",
             "Forward + backward of the loss alone, fp32, d = 512, logit scale 14.3, each point in a fresh process. "
             "Peak = peak RSS above the inputs (`ru_maxrss` delta after the inputs are allocated); it includes the "

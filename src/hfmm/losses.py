@@ -19,8 +19,9 @@ tile in all, against six for the naive loss). With ``Q = s * I`` the scale gradi
 in O(b_l * d). A constant shift cancels in a softmax, so the CLIP bias gradient is exactly zero.
 
 Memory. Saved for the backward: the two inputs and ``r``, ``c`` (``2 * b_l`` floats): O(b_l * d). While running: the
-gradients, two `(tile_size, tile_size)` work tiles, and in ``ring`` mode a few `(tile_size, embed_dim)` messages.
-Nothing `(b, b)` or `(b_l, b)` is ever allocated.
+two gradients (``2 * b_l * d``), two `(tile_size, tile_size)` logit tiles and a `(tile_size, d)` block of scaled rows;
+``ring`` adds three messages of ``tile_size * (2 d + 2)`` floats and one accumulator chunk per rank, ``gather`` the
+gathered texts and their gradient (``2 * b * d``). Nothing `(b, b)` or `(b_l, b)` is ever allocated.
 
 Distributed. ``mode="gather"`` all-gathers the text side (``b * d`` floats) and reduce-scatters its gradient; ``"ring"``
 passes chunks of ``tile_size`` columns from rank to rank with ``batch_isend_irecv``, overlapped with the compute of the
@@ -45,6 +46,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = ["DEFAULT_TILE_SIZE", "RING_TILE_SIZE", "clip_loss", "naive_clip_loss", "naive_siglip_loss", "siglip_loss"]
 
@@ -493,6 +495,7 @@ class _ClipLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         image, text, scale, lse_rows, lse_cols = ctx.saved_tensors
         dtype, (b_l, dim) = lse_rows.dtype, image.shape
@@ -536,6 +539,7 @@ class _SigLipLoss(torch.autograd.Function):
         return total / image.shape[0]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         image, text, scale, bias = ctx.saved_tensors
         dtype, (b_l, dim) = ctx.dtype, image.shape
