@@ -34,6 +34,16 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def soup(args: argparse.Namespace) -> int:
+    import hfmm  # noqa: F401
+    from hfmm.training.soup import make_soup
+
+    print(
+        f"wrote the average of {len(args.checkpoints)} checkpoints to {make_soup(args.checkpoints, args.out, force=args.force)}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfmm", description="CLIP and NeVA models, native to transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     shot.add_argument("--template", default="a photo of {}.", help="prompt template for each label")
     shot.add_argument("images", nargs="+", help="image files")
     shot.set_defaults(func=zero_shot)
+
+    average = commands.add_parser("soup", help="average checkpoints of one architecture (a model soup)")
+    average.add_argument("checkpoints", nargs="+", help="model folders")
+    average.add_argument("--out", required=True, help="output folder")
+    average.add_argument("--force", action="store_true", help="replace an existing output folder")
+    average.set_defaults(func=soup)
 
     show = commands.add_parser("demo", help="build, save, reload and run a tiny CLIP end to end")
     show.add_argument("--out", default="demo_output", help="output folder")
@@ -56,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"hfmm {args.command}: error: {error}", file=sys.stderr)
         return 2
 

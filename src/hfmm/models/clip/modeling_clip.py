@@ -42,6 +42,10 @@ class HfmmCLIPOutput(ModelOutput):
         L2-normalised projected text embeddings.
     image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
         L2-normalised projected image embeddings.
+    logit_scale (`torch.FloatTensor` of shape `(1,)`):
+        The logit multiplier `exp(logit_scale)` (read inside `forward`, so FSDP has gathered it).
+    logit_bias (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        The learned logit bias, when the model has one.
     """
 
     loss: torch.FloatTensor | None = None
@@ -49,6 +53,8 @@ class HfmmCLIPOutput(ModelOutput):
     logits_per_text: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+    logit_bias: torch.FloatTensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
 
@@ -481,12 +487,16 @@ class HfmmCLIPModel(HfmmCLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
+        return_logits: bool = True,
         **kwargs,
     ) -> HfmmCLIPOutput:
         r"""
         return_loss (`bool`, *optional*):
             Whether to return the (untiled, single-process) contrastive loss of the batch; training uses
             `hfmm.losses` through `hfmm.training.CLIPTrainer` instead.
+        return_logits (`bool`, *optional*, defaults to `True`):
+            Whether to compute the `(image_batch_size, text_batch_size)` logits; the tiled training loss needs only
+            the embeddings and `logit_scale`, so it passes `False`.
         """
         vision_outputs = self.get_image_features(pixel_values=pixel_values, **kwargs)
         text_outputs = self.get_text_features(
@@ -494,16 +504,21 @@ class HfmmCLIPModel(HfmmCLIPPreTrainedModel):
         )
         image_embeds = nn.functional.normalize(vision_outputs.pooler_output, dim=-1)  # (Bi, E)
         text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)  # (Bt, E)
-        logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.t()  # (Bt, Bi)
-        if self.logit_bias is not None:
-            logits_per_text = logits_per_text + self.logit_bias
-        loss = self.contrastive_loss(logits_per_text) if return_loss else None
+        logit_scale = self.logit_scale.exp()
+        logits_per_text, loss = None, None
+        if return_logits or return_loss:
+            logits_per_text = logit_scale * text_embeds @ image_embeds.t()  # (Bt, Bi)
+            if self.logit_bias is not None:
+                logits_per_text = logits_per_text + self.logit_bias
+            loss = self.contrastive_loss(logits_per_text) if return_loss else None
         return HfmmCLIPOutput(
             loss=loss,
-            logits_per_image=logits_per_text.t(),
+            logits_per_image=logits_per_text.t() if logits_per_text is not None else None,
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
+            logit_scale=logit_scale,
+            logit_bias=self.logit_bias,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )

@@ -1,0 +1,146 @@
+"""Recipe arguments: dataclasses whose fields are the YAML keys, and the YAML + `--key value` parser.
+
+A recipe file has top-level keys mapping 1:1 onto the fields of the dataclasses given to `parse_recipe`
+(transformers' `TrainingArguments` plus hfmm's model/data arguments); a nested section such as `lora:` maps onto a
+nested dataclass field. An unknown key is an error naming it. Command-line `--key value` (or `--section.key value`)
+overrides a key of the file; values are parsed as YAML scalars (`--bf16 true`, `--learning_rate 1e-4`).
+"""
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclasses.dataclass
+class CLIPModelArguments:
+    """Which CLIP to train and how its loss is computed."""
+
+    model_name_or_path: str | None = None  # an hfmm/transformers CLIP folder to start from, or None for `preset`
+    preset: str | None = None  # an hfmm architecture preset (random init) when model_name_or_path is None
+    config_overrides: dict | None = None  # keys merged into the preset's config, e.g. {"text_config": {...}}
+    loss: str = "clip"  # "clip" (softmax InfoNCE) or "siglip" (sigmoid)
+    loss_mode: str = "auto"  # hfmm.losses mode: auto | local | gather | ring
+    loss_tile_size: int | None = None  # tile of the tiled loss; None picks hfmm's default
+    grad_cache_chunk_size: int | None = (
+        None  # GradCache: embed the device (= contrastive) batch in chunks of this size
+    )
+    max_logit_scale: float = 100.0  # the logit scale multiplier is clamped to [1, this] after each optimizer step
+
+
+@dataclasses.dataclass
+class CLIPDataArguments:
+    """Where the image-text pairs come from and how images are augmented."""
+
+    train_data: str | None = None  # CSV/JSONL file, webdataset .tar shard(s) (a glob or folder) or an imagefolder
+    eval_data: str | None = None  # same formats, for the eval loss
+    data_format: str = "auto"  # auto | csv | jsonl | webdataset | imagefolder
+    image_column: str = "image"  # column holding image paths (CSV/JSONL; relative to the file's folder)
+    caption_column: str = "caption"  # column holding captions
+    csv_separator: str = ","  # OpenCLIP's CSVs use "\t"
+    streaming: bool = False  # stream large datasets instead of loading them into memory
+    max_train_samples: int | None = None  # truncate the training set (debugging, tests)
+    rrc_scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop scale range (OpenCLIP aug_cfg `scale`)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
+    re_prob: float = 0.0  # random erasing probability (OpenCLIP aug_cfg `re_prob`)
+    re_count: int = 1  # random erasing count
+    zero_shot_eval_data: str | None = None  # imagefolder of class folders, evaluated zero-shot at each evaluation
+    zero_shot_templates: list[str] | None = None  # prompt templates ("a photo of a {}."), averaged per class
+
+
+class RecipeError(ValueError):
+    """A recipe key or value that does not fit the recipe's dataclasses."""
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def _nested_dataclass(annotation) -> type | None:
+    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+
+
+def _coerce(annotation, value):
+    """YAML reads `1e-4` (no dot) as a string: convert such values for `float`/`int` fields."""
+    if not isinstance(value, str):
+        return value
+    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for kind in (int, float):
+        if kind in candidates:
+            try:
+                return kind(value)
+            except ValueError:
+                continue
+    return value
+
+
+def _parse_override(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(config: dict, argv: list[str]) -> dict:
+    """Applies `--key value` / `--section.key value` pairs to a recipe dict (a copy)."""
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    if len(argv) % 2:
+        raise RecipeError(f"Overrides come in `--key value` pairs; got {argv}.")
+    for flag, raw in zip(argv[::2], argv[1::2]):
+        if not flag.startswith("--"):
+            raise RecipeError(f"Expected `--key`, got {flag!r}.")
+        *sections, key = flag[2:].replace("-", "_").split(".")
+        target = config
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[key] = _parse_override(raw)
+    return config
+
+
+def _build(cls, values: dict, where: str):
+    fields = _field_types(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise RecipeError(f"Unknown key(s) {unknown} in {where}; valid keys: {sorted(fields)}.")
+    kwargs = {}
+    for name, value in values.items():
+        nested = _nested_dataclass(fields[name])
+        if nested is not None and isinstance(value, dict):
+            value = _build(nested, value, f"{where}.{name}")
+        kwargs[name] = _coerce(fields[name], value)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"Invalid value in {where}: {error}") from error
+
+
+def parse_recipe(classes: tuple[type, ...], config_file: str | Path | None, argv: list[str] = ()) -> tuple:
+    """Builds one instance of each dataclass in `classes` from a YAML recipe plus command-line overrides.
+
+    Each top-level key goes to the one class that has a field of that name; a key no class has is an error.
+    """
+    config = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise RecipeError(f"Recipe {path} does not exist.")
+        config = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(config, dict):
+            raise RecipeError(f"Recipe {path} must be a mapping of keys to values.")
+    config = apply_overrides(config, list(argv))
+    owners = {}
+    for cls in classes:
+        for name in _field_types(cls):
+            owners.setdefault(name, cls)
+    unknown = sorted(k for k in config if k not in owners)
+    if unknown:
+        raise RecipeError(f"Unknown recipe key(s) {unknown}; see the recipe's dataclasses for valid keys.")
+    per_class = {cls: {} for cls in classes}
+    for key, value in config.items():
+        per_class[owners[key]][key] = value
+    return tuple(_build(cls, per_class[cls], cls.__name__) for cls in classes)
