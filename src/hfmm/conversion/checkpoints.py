@@ -24,14 +24,19 @@ class CheckpointError(ValueError):
 
 
 class SafetensorsStateDict(Mapping):
-    """A read-only mapping over one or more `.safetensors` files that loads each tensor only when asked."""
+    """A read-only mapping over one or more `.safetensors` files that loads each tensor only when asked.
 
-    def __init__(self, paths: list[Path]):
+    Tensors are read with `pread` by default: each is a fresh copy that is freed with it, whereas tensors of the
+    default `mmap` backend keep the pages they touched resident (counted in RSS) for as long as the file is open, so a
+    converter that transforms tensors would hold both the source pages and the copies.
+    """
+
+    def __init__(self, paths: list[Path], *, backend: str = "pread"):
         self._files = {}
         self._where = {}
         for path in paths:
             try:
-                handle = safe_open(str(path), framework="pt", device="cpu")
+                handle = safe_open(str(path), framework="pt", device="cpu", backend=backend)
             except (SafetensorError, OSError) as error:
                 raise CheckpointError(f"{path}: not a readable safetensors file ({error}).") from error
             self._files[path] = handle
