@@ -1,5 +1,6 @@
 """`convert/open_clip_to_hfmm.py`: every preset architecture, every source form, embeddings equal to open_clip's."""
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -130,6 +131,25 @@ def test_quick_gelu_flag_overrides_the_config(tmp_path):
     src, args = write_source("safetensors", reference, cfg, tmp_path, "ViT-B-32")
     assert open_clip_to_hfmm.main([str(src), str(tmp_path / "dst"), *args, "--quick-gelu"]) == 0
     assert_embeddings_match(reference, tmp_path / "dst")
+
+
+def test_custom_text_layout_and_logit_bias(tmp_path):
+    """`CustomTextCLIP` keys (`text.` prefix) and a learned logit bias (`init_logit_bias`): a sigmoid-loss hfmm model."""
+    cfg = copy.deepcopy(open_clip.get_model_config("ViT-B-32"))
+    cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = 1
+    cfg |= {"custom_text": True, "init_logit_bias": -10.0}
+    torch.manual_seed(0)
+    reference = open_clip.CustomTextCLIP(**{k: v for k, v in cfg.items() if k != "custom_text"}).eval()
+    with torch.no_grad():
+        for param in reference.parameters():
+            if param.ndim <= 1:
+                param.add_(0.1 * torch.randn_like(param))
+    assert any(key.startswith("text.") for key in reference.state_dict())
+    src, args = write_source("hub-safetensors", reference, cfg, tmp_path, "ViT-B-32")
+    convert(src, tmp_path / "dst", args, None)
+    assert_embeddings_match(reference, tmp_path / "dst")
+    model = AutoModel.from_pretrained(tmp_path / "dst")
+    assert isinstance(model, hfmm.HfmmSigLIPModel) and model.logit_bias.item() == reference.logit_bias.item()
 
 
 # --- the zero-shot pipeline on photos -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ timm image towers always use exact GELU; the rule then decides the text tower on
 """
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class OpenCLIPCheckpoint:
     """
 
     weights: Path
-    state_dict: object
+    state_dict: Mapping[str, torch.Tensor]
     config: HfmmCLIPConfig
     open_clip_cfg: dict | None
     quick_gelu: bool
@@ -184,6 +185,25 @@ def resolve_name(name: str, quick_gelu: bool | None, timm_model_kwargs: dict | N
     return config, open_clip_cfg, quick_gelu, notes
 
 
+def resolve_hub_config(hub_config: dict, quick_gelu: bool | None, timm_model_kwargs: dict | None = None):
+    """Config, OpenCLIP model config, activation and notes of a hub-style folder's `open_clip_config.json`."""
+    open_clip_cfg = hub_config["model_cfg"]
+    preprocess = hub_config.get("preprocess_cfg") or {}
+    notes = [
+        f"architecture from {HUB_CONFIG}",
+        f"preprocessing from its preprocess_cfg {preprocess}"
+        if preprocess
+        else "preprocessing: OpenCLIP defaults (OpenAI mean/std, bicubic), as it has no preprocess_cfg",
+    ]
+    if quick_gelu is None:
+        quick_gelu = bool(open_clip_cfg.get("quick_gelu", False))
+        notes.append(f"activation {'QuickGELU' if quick_gelu else 'GELU'} from {HUB_CONFIG}")
+    config = config_from_open_clip(
+        open_clip_cfg, quick_gelu=quick_gelu, preprocess=preprocess, timm_model_kwargs=timm_model_kwargs
+    )
+    return config, open_clip_cfg, quick_gelu, notes
+
+
 # --- reading ------------------------------------------------------------------------------------------------------
 
 
@@ -208,30 +228,20 @@ def read_open_clip_checkpoint(
             Extra timm trunk arguments (e.g. `depths` of a shrunk test model), which OpenCLIP configs cannot hold.
     """
     weights, hub_config = locate(src)
+    explicit = [] if quick_gelu is None else [f"activation {'QuickGELU' if quick_gelu else 'GELU'}: given explicitly"]
     if hub_config is not None:
         if model is not None:
             raise ValueError(
                 f"{src} carries its own {HUB_CONFIG}; drop --model (it names the architecture of bare weights)."
             )
-        open_clip_cfg = hub_config["model_cfg"]
-        preprocess = hub_config.get("preprocess_cfg") or {}
-        notes = [f"architecture from {HUB_CONFIG}"]
-        notes.append(
-            f"preprocessing from its preprocess_cfg {preprocess}" if preprocess else "preprocessing: defaults"
-        )
-        if quick_gelu is None:
-            quick_gelu = bool(open_clip_cfg.get("quick_gelu", False))
-            notes.append(f"activation {'QuickGELU' if quick_gelu else 'GELU'} from {HUB_CONFIG}")
-        config = config_from_open_clip(
-            open_clip_cfg, quick_gelu=quick_gelu, preprocess=preprocess, timm_model_kwargs=timm_model_kwargs
-        )
+        config, open_clip_cfg, quick_gelu, notes = resolve_hub_config(hub_config, quick_gelu, timm_model_kwargs)
     elif model is None:
         raise ValueError(
             f"{src} carries no {HUB_CONFIG}; pass --model NAME (an hfmm preset or an open_clip model name)."
         )
     else:
         config, open_clip_cfg, quick_gelu, notes = resolve_name(model, quick_gelu, timm_model_kwargs)
-    return OpenCLIPCheckpoint(weights, read_state_dict(weights), config, open_clip_cfg, quick_gelu, notes)
+    return OpenCLIPCheckpoint(weights, read_state_dict(weights), config, open_clip_cfg, quick_gelu, explicit + notes)
 
 
 # --- verification -------------------------------------------------------------------------------------------------
