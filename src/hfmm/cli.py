@@ -1,4 +1,4 @@
-"""The `hfmm` command line: `hfmm demo | zero-shot`."""
+"""The `hfmm` command line: `hfmm demo | zero-shot | eval | soup`."""
 
 import argparse
 import sys
@@ -44,6 +44,24 @@ def soup(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """Runs each `--task` on its `--data`, prints the metrics and writes the eval JSON."""
+    from hfmm.training.evaluation import run_eval
+
+    if len(args.task) != len(args.data):
+        raise ValueError(f"Give one --data per --task (got {len(args.task)} tasks and {len(args.data)} datasets).")
+    report = run_eval(
+        args.model, list(zip(args.task, args.data)), args.out, templates=args.template, batch_size=args.batch_size
+    )
+    for result in report["results"]:
+        dataset = result["dataset"]
+        metrics = "  ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
+        print(f"{result['task']} on {dataset['name']}/{dataset['split']}: {metrics}")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfmm", description="CLIP and NeVA models, native to transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--out", required=True, help="output folder")
     average.add_argument("--force", action="store_true", help="replace an existing output folder")
     average.set_defaults(func=soup)
+
+    score = commands.add_parser("eval", help="zero-shot classification and retrieval metrics of a CLIP model")
+    score.add_argument("--model", required=True, help="model folder or Hub id")
+    score.add_argument(
+        "--task", action="append", default=[], choices=["zero-shot", "retrieval"], help="a task (repeat, with --data)"
+    )
+    score.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="the task's data: a folder of class folders or image,label CSV (zero-shot); image,caption CSV/JSONL "
+        "(retrieval)",
+    )
+    score.add_argument(
+        "--template", action="append", help='zero-shot prompt template, e.g. "a photo of a {}." (repeat)'
+    )
+    score.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
+    score.add_argument("--out", help="write the results as JSON here")
+    score.set_defaults(func=evaluate)
 
     show = commands.add_parser("demo", help="build, save, reload and run a tiny CLIP end to end")
     show.add_argument("--out", default="demo_output", help="output folder")
