@@ -295,7 +295,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     for k in ks:
         if k <= logits.shape[1]:
             best = logits.topk(k, dim=1).indices  # (N, k)
-            metrics[f"top{k}"] = (best == labels[:, None]).any(dim=1).float().mean().item()
+            metrics[f"top{k}"] = (best == labels[:, None]).any(dim=1).double().mean().item()
     return metrics
 
 
@@ -306,7 +306,7 @@ def _recall(scores: torch.Tensor, positives: torch.Tensor, k: int, chunk: int = 
     for start in range(0, scores.shape[0], chunk):
         best = scores[start : start + chunk].topk(k, dim=1).indices  # (n, k)
         hits.append(positives[start : start + chunk].gather(1, best).any(dim=1))
-    return torch.cat(hits).float().mean().item()
+    return torch.cat(hits).double().mean().item()  # double: 397/400 reads 0.9925
 
 
 def retrieval_recall(
