@@ -377,7 +377,7 @@ class PairTransform:
         source = self.layout.image_source(row)
         if source is None:
             return None, "missing_image", f"no image in {self.layout.image_columns}"
-        if isinstance(source, str) and "://" not in source and not os.path.isfile(source):
+        if isinstance(source, str) and not os.path.isfile(source):  # local files only (a URL counts as missing)
             return None, "missing_image", source
         try:
             return self.image_transform(open_image(source)), None, None
