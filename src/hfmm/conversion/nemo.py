@@ -20,9 +20,10 @@ from functools import partial
 
 import torch
 
-from hfmm.models.clip import HfmmCLIPConfig
+from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel
 
 from .checkpoints import CheckpointError
+from .key_maps import KeyMap, as_vector, build_model, same
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -94,11 +95,12 @@ class TowerLayout:
 
 @dataclass
 class NemoCLIPLayout:
-    """The implementation (`mcore`) and tower layouts of a NeMo CLIP checkpoint."""
+    """The implementation (`mcore`), tower layouts and tower module names of a NeMo CLIP checkpoint."""
 
     mcore: bool
     vision: TowerLayout
     text: TowerLayout
+    towers: tuple[str, str] = ("vision_encoder", "text_encoder")  # NeMo 2: ("vision_model", "text_model")
 
 
 def _check(tower: str, name: str, value, allowed) -> None:
@@ -241,6 +243,7 @@ def config_from_nemo2(model_yaml: Mapping) -> tuple[HfmmCLIPConfig, NemoCLIPLayo
         True,
         TowerLayout(vision["num_attention_heads"], patch_size=vision_config["patch_size"]),
         TowerLayout(text["num_attention_heads"]),
+        towers=("vision_model", "text_model"),
     )
     return _clip_config(vision_config, text_config, projection), layout, []
 
@@ -253,15 +256,6 @@ def _clip_config(vision_config: dict, text_config: dict, projection_dim) -> Hfmm
 
 
 # --- tensor transforms ---------------------------------------------------------------------------------------------
-
-
-def same(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
-def as_vector(tensor: torch.Tensor) -> torch.Tensor:
-    """NeMo's scalar `logit_scale` as hfmm's shape `(1,)`."""
-    return tensor.reshape(1)
 
 
 def class_tokens(tensor: torch.Tensor) -> torch.Tensor:
@@ -287,6 +281,12 @@ def split_qkv_per_head(tensor: torch.Tensor, num_heads: int) -> tuple[torch.Tens
     return tuple(grouped[:, j].reshape(-1, *tensor.shape[1:]).contiguous() for j in range(3))
 
 
+def trim_vocab_padding(tensor: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """NeMo pads the vocabulary to a multiple of `make_vocab_size_divisible_by x TP`; the padding rows are unused (too
+    few rows are left as they are, for the shape check to name the key)."""
+    return tensor[:vocab_size] if tensor.shape[0] > vocab_size else tensor
+
+
 # --- tensor-parallel merging (research/nemo_formats.md §1.3) ------------------------------------------------------
 
 REPLICATED, COLUMN, ROW, STRIDED_QKV = "replicated", "column", "row", "strided_qkv"
@@ -300,7 +300,7 @@ def merge_tp_shards(shards: list[torch.Tensor], rule: str, key: str) -> torch.Te
         return shards[0]
     if rule == REPLICATED:
         if any(shard.shape != shards[0].shape for shard in shards):
-            raise CheckpointError(f"{key!r}: replicated across TP ranks but the shapes differ.")
+            raise CheckpointError(f"NeMo key {key!r} is replicated across TP ranks but its shapes differ.")
         return shards[0]
     if rule == COLUMN:
         return torch.cat(shards, dim=0)
@@ -310,9 +310,33 @@ def merge_tp_shards(shards: list[torch.Tensor], rule: str, key: str) -> torch.Te
     return torch.cat(parts, dim=1).reshape(-1, *shards[0].shape[1:])
 
 
+class TensorParallelShards(Mapping):
+    """A read-only state dict over the TP shards of a checkpoint: each key is merged (`merge_tp_shards`, rule from
+    `tp_rules`, a regex -> rule map) only when it is read."""
+
+    def __init__(self, shards: list[Mapping[str, torch.Tensor]], tp_rules: Mapping[str, str]):
+        for rank, shard in enumerate(shards[1:], start=1):
+            if set(shard) != set(shards[0]):
+                odd = sorted(set(shard) ^ set(shards[0]))[0]
+                raise CheckpointError(f"TP rank {rank} and rank 0 hold different keys, e.g. {odd!r}.")
+        self.shards = shards
+        self.tp_rules = [(re.compile(pattern), rule) for pattern, rule in tp_rules.items()]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        rule = next((rule for pattern, rule in self.tp_rules if pattern.fullmatch(key)), REPLICATED)
+        return merge_tp_shards([shard[key] for shard in self.shards], rule, key)
+
+    def __iter__(self):
+        return iter(self.shards[0])
+
+    def __len__(self) -> int:
+        return len(self.shards[0])
+
+
 # --- key maps ------------------------------------------------------------------------------------------------------
 
-Rule = tuple[str | tuple[str, ...], Callable, str] | None
+# regex (anchored) -> (hfmm key template(s), transform, TP merge rule), or None to drop a key on purpose
+NemoRule = tuple[str | tuple[str, ...], Callable, str] | None
 
 
 def _block(layout: TowerLayout, mcore: bool) -> dict[str, tuple]:
@@ -323,19 +347,19 @@ def _block(layout: TowerLayout, mcore: bool) -> dict[str, tuple]:
     else:
         qkv = (split_qkv, STRIDED_QKV)
     q_k_v = ("self_attn.q_proj.{1}", "self_attn.k_proj.{1}", "self_attn.v_proj.{1}")
-    if mcore:  # local-spec names, or Transformer Engine's with the LayerNorms fused into linear_qkv / linear_fc1
+    if mcore:  # local-spec names, and Transformer Engine's with the LayerNorms fused into linear_qkv / linear_fc1
         return {
-            r"(?:input_layernorm\.|self_attention\.linear_qkv\.layer_norm_)(weight|bias)": ("layer_norm1.{1}", same,
-                                                                                             REPLICATED),
+            r"input_layernorm\.(weight|bias)": ("layer_norm1.{1}", same, REPLICATED),
+            r"self_attention\.linear_qkv\.layer_norm_(weight|bias)": ("layer_norm1.{1}", same, REPLICATED),
             r"self_attention\.linear_qkv\.(weight|bias)": (q_k_v, *qkv),
             r"self_attention\.linear_proj\.weight": ("self_attn.out_proj.weight", same, ROW),
             r"self_attention\.linear_proj\.bias": ("self_attn.out_proj.bias", same, REPLICATED),
-            r"(?:pre_mlp_layernorm\.|mlp\.linear_fc1\.layer_norm_)(weight|bias)": ("layer_norm2.{1}", same,
-                                                                                    REPLICATED),
+            r"pre_mlp_layernorm\.(weight|bias)": ("layer_norm2.{1}", same, REPLICATED),
+            r"mlp\.linear_fc1\.layer_norm_(weight|bias)": ("layer_norm2.{1}", same, REPLICATED),
             r"mlp\.linear_fc1\.(weight|bias)": ("mlp.fc1.{1}", same, COLUMN),
             r"mlp\.linear_fc2\.weight": ("mlp.fc2.weight", same, ROW),
             r"mlp\.linear_fc2\.bias": ("mlp.fc2.bias", same, REPLICATED),
-        }  # fmt: skip
+        }
     return {
         r"input_layernorm\.(weight|bias)": ("layer_norm1.{1}", same, REPLICATED),
         r"self_attention\.query_key_value\.(weight|bias)": (q_k_v, *qkv),
@@ -357,150 +381,88 @@ def _block_rules(src_prefix: str, dst_prefix: str, block: dict) -> dict:
     return rules
 
 
-_VISION = r"(?:vision_encoder|vision_model)"
-_TEXT = r"(?:text_encoder|text_model)"
-_LN = r"\.(weight|bias)"
-
-
-def nemo_key_map(layout: NemoCLIPLayout) -> dict[str, Rule]:
+def nemo_key_map(layout: NemoCLIPLayout, vocab_size: int) -> dict[str, NemoRule]:
     """The exhaustive key map of a NeMo CLIP checkpoint (keys without `model.`/`module.`) onto `HfmmCLIPModel`.
 
-    Regex (anchored, full match) -> (hfmm key template(s), transform, TP merge rule); `None` drops a key on purpose.
-    NeMo 2 names the towers `vision_model`/`text_model`, NeMo 1 `vision_encoder`/`text_encoder`.
+    NeMo 1 names the towers `vision_encoder`/`text_encoder`, NeMo 2 `vision_model`/`text_model`. Rows of the word
+    embeddings beyond `vocab_size` (TP vocabulary padding) are dropped.
     """
+    vision, text = (re.escape(name) for name in layout.towers)
     vision_block, text_block = _block(layout.vision, layout.mcore), _block(layout.text, layout.mcore)
+    tokens = (
+        "text_model.embeddings.token_embedding.weight",
+        partial(trim_vocab_padding, vocab_size=vocab_size),
+        COLUMN,
+    )
     common = {
-        rf"{_VISION}\.head\.weight": ("visual_projection.weight", same, REPLICATED),
-        rf"{_TEXT}\.head\.weight": ("text_projection.weight", same, REPLICATED),
+        rf"{vision}\.head\.weight": ("visual_projection.weight", same, REPLICATED),
+        rf"{text}\.head\.weight": ("text_projection.weight", same, REPLICATED),
         r"logit_scale": ("logit_scale", as_vector, REPLICATED),
     }
     if layout.mcore:
         return {
-            rf"{_VISION}\.class_token": ("vision_model.embeddings.class_embedding", class_tokens, REPLICATED),
-            rf"{_VISION}\.conv1\.weight": ("vision_model.embeddings.patch_embedding.weight", same, REPLICATED),
-            rf"{_VISION}\.position_embeddings\.weight": ("vision_model.embeddings.position_embedding.weight", same,
-                                                         REPLICATED),
-            rf"{_VISION}\.ln_pre{_LN}": ("vision_model.pre_layrnorm.{0}", same, REPLICATED),
-            **_block_rules(rf"{_VISION}\.decoder\.layers", "vision_model.encoder.layers", vision_block),
-            rf"{_VISION}\.final_layernorm{_LN}": ("vision_model.post_layernorm.{0}", same, REPLICATED),
-            rf"{_TEXT}\.embedding\.word_embeddings\.weight": ("text_model.embeddings.token_embedding.weight", same,
-                                                              COLUMN),
-            rf"{_TEXT}\.embedding\.position_embeddings\.weight": ("text_model.embeddings.position_embedding.weight",
-                                                                  same, REPLICATED),
-            **_block_rules(rf"{_TEXT}\.decoder\.layers", "text_model.encoder.layers", text_block),
-            rf"{_TEXT}\.final_layernorm{_LN}": ("text_model.final_layer_norm.{0}", same, REPLICATED),
+            rf"{vision}\.class_token": ("vision_model.embeddings.class_embedding", class_tokens, REPLICATED),
+            rf"{vision}\.conv1\.weight": ("vision_model.embeddings.patch_embedding.weight", same, REPLICATED),
+            rf"{vision}\.position_embeddings\.weight": ("vision_model.embeddings.position_embedding.weight", same,
+                                                        REPLICATED),
+            rf"{vision}\.ln_pre\.(weight|bias)": ("vision_model.pre_layrnorm.{0}", same, REPLICATED),
+            **_block_rules(rf"{vision}\.decoder\.layers", "vision_model.encoder.layers", vision_block),
+            rf"{vision}\.final_layernorm\.(weight|bias)": ("vision_model.post_layernorm.{0}", same, REPLICATED),
+            rf"{text}\.embedding\.word_embeddings\.weight": tokens,
+            rf"{text}\.embedding\.position_embeddings\.weight": ("text_model.embeddings.position_embedding.weight",
+                                                                 same, REPLICATED),
+            **_block_rules(rf"{text}\.decoder\.layers", "text_model.encoder.layers", text_block),
+            rf"{text}\.final_layernorm\.(weight|bias)": ("text_model.final_layer_norm.{0}", same, REPLICATED),
             **common,
         }  # fmt: skip
     patch = partial(linear_patch_to_conv, patch_size=layout.vision.patch_size, num_channels=layout.vision.num_channels)
-    backbone, language = rf"{_VISION}\.backbone", rf"{_TEXT}\.language_model"
+    backbone, language = rf"{vision}\.backbone", rf"{text}\.language_model"
+    vision_positions = ("vision_model.embeddings.position_embedding.weight", same, REPLICATED)
+    text_positions = ("text_model.embeddings.position_embedding.weight", same, REPLICATED)
     return {
         rf"{backbone}\.cls_token": ("vision_model.embeddings.class_embedding", class_tokens, REPLICATED),
         rf"{backbone}\.conv1\.weight": ("vision_model.embeddings.patch_embedding.weight", same, REPLICATED),
         rf"{backbone}\.linear_encoder\.weight": ("vision_model.embeddings.patch_embedding.weight", patch, REPLICATED),
         rf"{backbone}\.linear_encoder\.bias": ("vision_model.embeddings.patch_embedding.bias", same, REPLICATED),
-        rf"{backbone}\.position_embeddings(?:\.weight)?": ("vision_model.embeddings.position_embedding.weight", same,
-                                                           REPLICATED),
-        rf"{backbone}\.preprocess_layernorm{_LN}": ("vision_model.pre_layrnorm.{0}", same, REPLICATED),
+        rf"{backbone}\.position_embeddings": vision_positions,  # position_embedding_type: learned_parameters
+        rf"{backbone}\.position_embeddings\.weight": vision_positions,  # learned_absolute
+        rf"{backbone}\.preprocess_layernorm\.(weight|bias)": ("vision_model.pre_layrnorm.{0}", same, REPLICATED),
         **_block_rules(rf"{backbone}\.transformer\.layers", "vision_model.encoder.layers", vision_block),
-        rf"{backbone}\.transformer\.final_layernorm{_LN}": ("vision_model.post_layernorm.{0}", same, REPLICATED),
-        rf"{language}\.embedding\.word_embeddings\.weight": ("text_model.embeddings.token_embedding.weight", same,
-                                                             COLUMN),
-        rf"{language}\.embedding\.position_embeddings(?:\.weight)?": (
-            "text_model.embeddings.position_embedding.weight", same, REPLICATED),
+        rf"{backbone}\.transformer\.final_layernorm\.(weight|bias)": ("vision_model.post_layernorm.{0}", same,
+                                                                      REPLICATED),
+        rf"{language}\.embedding\.word_embeddings\.weight": tokens,
+        rf"{language}\.embedding\.position_embeddings": text_positions,
+        rf"{language}\.embedding\.position_embeddings\.weight": text_positions,
         **_block_rules(rf"{language}\.encoder\.layers", "text_model.encoder.layers", text_block),
-        rf"{language}\.encoder\.final_layernorm{_LN}": ("text_model.final_layer_norm.{0}", same, REPLICATED),
+        rf"{language}\.encoder\.final_layernorm\.(weight|bias)": ("text_model.final_layer_norm.{0}", same,
+                                                                  REPLICATED),
         **common,
     }  # fmt: skip
 
 
-def map_nemo_key(key: str, compiled: list[tuple[re.Pattern, Rule]]) -> tuple[tuple[str, ...], Callable, str] | None:
-    """Target key(s), transform and TP rule of one NeMo key; `None` for keys dropped on purpose."""
-    for pattern, rule in compiled:
-        match = pattern.fullmatch(key)
-        if match:
-            if rule is None:
-                return None
-            target, fn, tp = rule
-            templates = target if isinstance(target, tuple) else (target,)
-            return tuple(t.format(*match.groups()) for t in templates), fn, tp
-    raise CheckpointError(f"unknown NeMo CLIP key {key!r}: no rule in hfmm's key map matches it.")
+def nemo_key_map_and_tp_rules(layout: NemoCLIPLayout, vocab_size: int) -> tuple[KeyMap, dict[str, str]]:
+    """The [`KeyMap`] (source "NeMo CLIP") and the TP merge rule of every pattern of `nemo_key_map`."""
+    rules = nemo_key_map(layout, vocab_size)
+    key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo CLIP")
+    return key_map, {pattern: rule[2] for pattern, rule in rules.items() if rule is not None}
 
 
-def convert_nemo_state_dict(
-    shards: list[Mapping[str, torch.Tensor]],
-    layout: NemoCLIPLayout,
-    expected: Mapping[str, torch.Size],
-    *,
-    vocab_size: int | None = None,
-) -> dict[str, torch.Tensor]:
+def assemble_model(
+    shards: list[Mapping[str, torch.Tensor]], config: HfmmCLIPConfig, layout: NemoCLIPLayout, *, progress: bool = False
+) -> HfmmCLIPModel:
     """
-    Maps NeMo CLIP weights (one state dict per TP rank, keys without prefixes) onto `HfmmCLIPModel`'s keys.
+    `HfmmCLIPModel(config)` built on the meta device and given the NeMo weights, TP-merged and mapped key by key.
 
     Args:
         shards (`list[Mapping[str, torch.Tensor]]`):
-            The state dict of every tensor-parallel rank, in rank order.
+            The state dict of every tensor-parallel rank in rank order (one for merged checkpoints), keys without the
+            `model.`/`module.` prefixes.
+        config ([`HfmmCLIPConfig`]):
+            The target architecture (`config_from_nemo1`/`config_from_nemo2`, vocabulary size set).
         layout ([`NemoCLIPLayout`]):
-            Implementation and QKV layouts (from the model config).
-        expected (`Mapping[str, torch.Size]`):
-            Every key and shape of the target model; a key not produced, a key produced that the model lacks, and a
-            shape mismatch are errors naming the NeMo key.
-        vocab_size (`int`, *optional*):
-            Real vocabulary size: rows of the (TP-padded) word embeddings beyond it are dropped.
+            Implementation, tower names and QKV layouts.
+        progress (`bool`, *optional*, defaults to `False`):
+            Show a progress bar over the tensors.
     """
-    keys = list(shards[0])
-    for rank, shard in enumerate(shards[1:], start=1):
-        if set(shard) != set(keys):
-            odd = sorted(set(shard) ^ set(keys))[0]
-            raise CheckpointError(f"TP rank {rank} and rank 0 hold different keys, e.g. {odd!r}.")
-    compiled = [(re.compile(pattern), rule) for pattern, rule in nemo_key_map(layout).items()]
-    out, sources = {}, {}
-    for key in keys:
-        mapped = map_nemo_key(key, compiled)
-        if mapped is None:
-            continue
-        targets, fn, tp = mapped
-        tensor = merge_tp_shards([shard[key] for shard in shards], tp, key)
-        if targets[0] == "text_model.embeddings.token_embedding.weight" and vocab_size is not None:
-            tensor = trim_vocab_padding(tensor, vocab_size, key)
-        values = fn(tensor)
-        values = values if isinstance(values, tuple) else (values,)
-        for target, value in zip(targets, values, strict=True):
-            if target not in expected:
-                raise CheckpointError(f"NeMo key {key!r} maps to {target!r}, which the model (from the config) lacks.")
-            if target in out:
-                raise CheckpointError(f"NeMo keys {sources[target]!r} and {key!r} both map to {target!r}.")
-            if value.shape != expected[target]:
-                raise CheckpointError(
-                    f"shape mismatch: NeMo key {key!r} gives {list(value.shape)} for {target!r}, but the model "
-                    f"config needs {list(expected[target])}."
-                )
-            out[target], sources[target] = value, key
-    missing = [target for target in expected if target not in out]
-    if missing:
-        raise CheckpointError(
-            f"the checkpoint lacks {len(missing)} weight(s) the model config needs, first hfmm {missing[0]!r} "
-            f"({_nemo_name_hint(missing[0], layout)})."
-        )
-    return out
-
-
-def trim_vocab_padding(tensor: torch.Tensor, vocab_size: int, key: str) -> torch.Tensor:
-    """NeMo pads the vocabulary to a multiple of `make_vocab_size_divisible_by x TP`; the padding rows are unused."""
-    if tensor.shape[0] < vocab_size:
-        raise CheckpointError(f"{key!r} has {tensor.shape[0]} rows, fewer than the tokenizer's {vocab_size} tokens.")
-    return tensor[:vocab_size]
-
-
-def _nemo_name_hint(target: str, layout: NemoCLIPLayout) -> str:
-    """The NeMo key that would fill hfmm's `target` (first alternative of each `(?:a|b)`), for the missing-key error."""
-    for pattern, rule in nemo_key_map(layout).items():
-        for template in (rule[0] if isinstance(rule[0], tuple) else (rule[0],)) if rule else ():
-            regex = re.sub(r"\\\{(\d)\\\}", lambda m: f"(?P<g{m[1]}>[^.]+)", re.escape(template))
-            match = re.fullmatch(regex, target)
-            if match:
-                name = pattern
-                for index in range(len(match.groupdict())):
-                    name = re.sub(r"\((?!\?)[^()]*\)", match[f"g{index}"], name, count=1)
-                name = re.sub(r"\(\?:([^|()]*)[^()]*\)\??", r"\1", name)
-                return f"expected NeMo key {name.replace(chr(92), '')!r}"
-    return "no NeMo key maps there"
+    key_map, tp_rules = nemo_key_map_and_tp_rules(layout, config.text_config.vocab_size)
+    return build_model(HfmmCLIPModel, config, TensorParallelShards(shards, tp_rules), key_map, progress=progress)

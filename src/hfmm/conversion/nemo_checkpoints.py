@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import init_empty_weights
 
 from hfmm.models.clip import HfmmCLIPModel
 from hfmm.models.clip.processing_clip import HfmmCLIPImageProcessor, HfmmCLIPProcessor, HfmmCLIPTokenizer
 
 from .checkpoints import CheckpointError, write_model_folder
-from .nemo import config_from_nemo1, config_from_nemo2, convert_nemo_state_dict
+from .nemo import assemble_model, config_from_nemo1, config_from_nemo2
 from .nemo_archive import NemoCheckpoint, open_nemo_checkpoint
 
 # HF's CLIP vocab.json spells the special tokens differently from OpenCLIP (and hfmm); the ids are the same.
@@ -86,7 +85,9 @@ def nemo_tokenizer(checkpoint: NemoCheckpoint) -> tuple[HfmmCLIPTokenizer, str]:
     return HfmmCLIPTokenizer.from_package(), f"tokenizer: hfmm's CLIP BPE ({name or 'none named'} in the config)"
 
 
-def build_model(checkpoint: NemoCheckpoint) -> tuple[HfmmCLIPModel, HfmmCLIPProcessor, list[str]]:
+def build_model(
+    checkpoint: NemoCheckpoint, *, progress: bool = False
+) -> tuple[HfmmCLIPModel, HfmmCLIPProcessor, list[str]]:
     """The hfmm model and processor of an opened NeMo CLIP checkpoint (parameters assigned from the checkpoint's
     tensors, so memory holds about one copy of the weights)."""
     patch_bias = any(key.endswith("linear_encoder.bias") for key in checkpoint.shards[0])
@@ -104,12 +105,8 @@ def build_model(checkpoint: NemoCheckpoint) -> tuple[HfmmCLIPModel, HfmmCLIPProc
     text = config.text_config
     text.vocab_size, text.eos_token_id, text.bos_token_id = vocab_size, tokenizer.eos_token_id, tokenizer.bos_token_id
     text.pad_token_id = tokenizer.pad_token_id
-    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (position ids) real
-        model = HfmmCLIPModel(config)
-    expected = {key: value.shape for key, value in model.state_dict().items()}
-    tensors = convert_nemo_state_dict(checkpoint.shards, layout, expected, vocab_size=vocab_size)
-    model.load_state_dict(tensors, strict=True, assign=True)
-    dtypes = {tensor.dtype for tensor in tensors.values()}
+    model = assemble_model(checkpoint.shards, config, layout, progress=progress)
+    dtypes = {param.dtype for param in model.parameters()}
     if len(dtypes) == 1:
         model.config.dtype = next(iter(dtypes))
     image_processor = HfmmCLIPImageProcessor.from_vision_config(config.vision_config)
@@ -118,7 +115,7 @@ def build_model(checkpoint: NemoCheckpoint) -> tuple[HfmmCLIPModel, HfmmCLIPProc
 
 
 def convert_nemo_clip_checkpoint(
-    src: str | Path, dst: str | Path, *, force: bool = False, max_shard_size: str = "5GB"
+    src: str | Path, dst: str | Path, *, force: bool = False, max_shard_size: str = "5GB", progress: bool = False
 ) -> NemoConversion:
     """
     Converts a NeMo CLIP checkpoint into an hfmm CLIP folder (`config.json`, `model.safetensors`, tokenizer and
@@ -134,6 +131,8 @@ def convert_nemo_clip_checkpoint(
             Replace an existing `dst`.
         max_shard_size (`str`, *optional*, defaults to `"5GB"`):
             Split the weights above this size.
+        progress (`bool`, *optional*, defaults to `False`):
+            Show a progress bar over the tensors.
 
     Raises:
         `CheckpointError` (a `ValueError`) for unreadable, unsafe or unsupported checkpoints, naming the file or key;
@@ -143,7 +142,7 @@ def convert_nemo_clip_checkpoint(
     if dst.exists() and not force:
         raise FileExistsError(f"{dst} exists; pass --force to overwrite it.")
     with open_nemo_checkpoint(src) as checkpoint:
-        model, processor, notes = build_model(checkpoint)
+        model, processor, notes = build_model(checkpoint, progress=progress)
         with torch.no_grad():
             write_model_folder(model, dst, processor=processor, force=force, max_shard_size=max_shard_size)
         return NemoConversion(dst, checkpoint.weights, notes)
