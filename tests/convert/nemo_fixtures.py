@@ -12,6 +12,7 @@ They are re-implemented here from those descriptions; none of this is hfmm's rea
 
 import copy
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -250,3 +251,19 @@ def deep_update(config: dict, **sections) -> dict:
         else:
             config[key] = value
     return config
+
+
+def hf_clip_tokenizer_files(folder: Path, prefix: str = "") -> tuple[Path, Path]:
+    """CLIP BPE `vocab.json`/`merges.txt` as HF writes them (`<|startoftext|>`, `<|endoftext|>`) with the ids of
+    "cat" and "dog" swapped, so a test can tell these files from hfmm's own tokenizer."""
+    import hfmm
+
+    package = Path(hfmm.__file__).parent / "models" / "clip" / "tokenizer"
+    vocab = json.loads((package / "vocab.json").read_text())
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = vocab.pop("<start_of_text>"), vocab.pop("<end_of_text>")
+    vocab["cat</w>"], vocab["dog</w>"] = vocab["dog</w>"], vocab["cat</w>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file, merges_file = folder / f"{prefix}vocab.json", folder / f"{prefix}merges.txt"
+    vocab_file.write_text(json.dumps(vocab))
+    merges_file.write_bytes((package / "merges.txt").read_bytes())
+    return vocab_file, merges_file

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from nemo_fixtures import pack_nemo
-from transformers import AutoModel
+from nemo_fixtures import hf_clip_tokenizer_files, pack_nemo
+from transformers import AutoModel, AutoTokenizer
 
 import hfmm  # noqa: F401  (registers the Auto classes)
 from hfmm.conversion.nemo import split_qkv
+from hfmm.models.clip.processing_clip import HfmmCLIPTokenizer
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE.parents[1] / "convert" / "nemo_clip_to_hfmm.py"
@@ -147,3 +148,15 @@ def test_per_head_qkv_is_not_q_k_v(megatron_checkpoints, tmp_path):
                     getattr(getattr(layer.self_attn, proj), name).copy_(value)
     image, _ = embeddings(model, reference)
     assert (image - reference["image_embeds"]).abs().max() > 100 * TOLERANCE
+
+
+def test_nemo2_tokenizer_folder(megatron_checkpoints, tmp_path):
+    """NeMo 2 saves the HF tokenizer into `context/nemo_tokenizer/`; the converter uses those files."""
+    folder = tmp_path / "nemo2"
+    shutil.copytree(megatron_checkpoints / "tp2_cls8" / "dist", folder)
+    hf_clip_tokenizer_files(folder / "context" / "nemo_tokenizer")
+    dst = convert(folder, tmp_path)
+    assert (
+        AutoTokenizer.from_pretrained(dst)("a cat")["input_ids"]
+        == HfmmCLIPTokenizer.from_package()("a dog")["input_ids"]
+    )
