@@ -8,9 +8,11 @@ it these tests fail, they do not skip.
 """
 
 import importlib.util
+import pickle
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,34 @@ def test_nemo2_tokenizer_folder(megatron_checkpoints, tmp_path):
         AutoTokenizer.from_pretrained(dst)("a cat")["input_ids"]
         == HfmmCLIPTokenizer.from_package()("a dog")["input_ids"]
     )
+
+
+def test_distributed_checkpoint_read_without_megatron(megatron_checkpoints, tmp_path, monkeypatch):
+    """A `.metadata` naming megatron-core's `MCoreMetadata`/`MCoreSavePlan` (as older megatron-core wrote) converts in a
+    process where `import megatron` fails."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    from hfmm.conversion.nemo_archive import read_dcp_metadata
+
+    folder = tmp_path / "nemo1"
+    shutil.copytree(megatron_checkpoints / "tp1_cls8" / "dist", folder)
+    weights = folder / "model_weights"
+    original = read_dcp_metadata(weights, "fixture")
+    module = types.ModuleType("megatron.core.dist_checkpointing.strategies.torch")
+    module.MCoreMetadata = type("MCoreMetadata", (Metadata,), {"__module__": module.__name__})
+    module.MCoreSavePlan = type("MCoreSavePlan", (), {"__module__": module.__name__})
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    legacy = module.MCoreMetadata.__new__(module.MCoreMetadata)
+    legacy.__dict__.update(original.__dict__, planner_data={"plan": module.MCoreSavePlan()})
+    (weights / ".metadata").write_bytes(pickle.dumps(legacy))
+    monkeypatch.delitem(sys.modules, module.__name__)
+    dst = tmp_path / "hfmm"
+    code = f"import sys; sys.modules['megatron'] = None; sys.argv = ['x', {str(folder)!r}, {str(dst)!r}]; " + (
+        f"exec(compile(open({str(SCRIPT)!r}).read(), 'script', 'exec'))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    reference = torch.load(megatron_checkpoints / "tp1_cls8" / "reference.pt")
+    image, text = embeddings(AutoModel.from_pretrained(dst).eval(), reference)
+    torch.testing.assert_close(image, reference["image_embeds"], atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(text, reference["text_embeds"], atol=TOLERANCE, rtol=0)

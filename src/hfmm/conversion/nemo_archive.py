@@ -16,7 +16,7 @@ Safety: archives are extracted only into a temporary folder and only after `safe
 member; pickles go through `load_torch_file` (`weights_only=True`), with `io.BytesIO` allowed in a narrow context for
 Transformer Engine's `_extra_state` blobs (it holds bytes and runs no code); the DCP `.metadata` pickle, which
 torch's own reader opens with plain `pickle.load`, is read with an unpickler that resolves only DCP's metadata classes
-(megatron-core's `MCoreMetadata`/`MCoreSavePlan` become inert stand-ins). `_extra_state` entries are dropped.
+(megatron-core's `MCoreMetadata`/`MCoreSavePlan` become stand-ins, so megatron is not needed). `_extra_state` entries are dropped.
 """
 
 import contextlib
@@ -208,8 +208,8 @@ def join_pipeline_stages(stages: list[dict], source: str) -> dict:
 # --- megatron-core distributed checkpoints -------------------------------------------------------------------------
 
 
-class _MCoreStandIn:
-    """Inert stand-in for megatron-core's DCP metadata subclasses (`MCoreMetadata`, `MCoreSavePlan`)."""
+class _MCoreSavePlan:
+    """Inert stand-in for megatron-core's `MCoreSavePlan` (a placeholder class old checkpoints reference)."""
 
     def __setstate__(self, state):
         self.__dict__.update(state if isinstance(state, dict) else {"state": state})
@@ -229,8 +229,9 @@ def _dcp_classes() -> dict[tuple[str, str], object]:
         for name in names:
             if hasattr(module, name):
                 allowed[(module.__name__, name)] = getattr(module, name)
-    for name in ("MCoreMetadata", "MCoreSavePlan"):
-        allowed[("megatron.core.dist_checkpointing.strategies.torch", name)] = type(name, (_MCoreStandIn,), {})
+    mcore = "megatron.core.dist_checkpointing.strategies.torch"  # stand-ins, so megatron is not needed (or imported)
+    allowed[(mcore, "MCoreMetadata")] = type("MCoreMetadata", (metadata.Metadata,), {})
+    allowed[(mcore, "MCoreSavePlan")] = _MCoreSavePlan
     return allowed
 
 
