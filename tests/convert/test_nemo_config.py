@@ -94,6 +94,8 @@ def refuse(folder: Path, tmp_path: Path, capsys, expected: str) -> None:
         ({"normalization": "layernorm1p"}, "normalization='layernorm1p'"),
         ({"preprocess_layernorm": False}, "always applies a pre-LayerNorm"),
         ({"class_token_length": 0}, "no class token"),
+        ({"class_token_length": None}, "no class token"),  # NeMo then builds no class token
+        ({"hidden_size": None}, "vision: the model config has no `hidden_size`"),
         ({"activation": "swiglu"}, "activation 'swiglu'"),
         ({"activation": "approx-gelu", "bias_activation_fusion": True}, "neither the bias nor the activation"),
     ],

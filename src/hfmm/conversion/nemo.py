@@ -110,8 +110,14 @@ def _check(tower: str, name: str, value, allowed) -> None:
         )
 
 
+def _require(cfg: Mapping, key: str, tower: str):
+    if cfg.get(key) is None:
+        raise CheckpointError(f"{tower}: the model config has no `{key}`.")
+    return cfg[key]
+
+
 def _common_tower(cfg: Mapping, tower: str) -> dict:
-    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    hidden, heads = _require(cfg, "hidden_size", tower), _require(cfg, "num_attention_heads", tower)
     kv_channels = cfg.get("kv_channels")
     if kv_channels not in (None, hidden // heads):
         raise CheckpointError(f"{tower}: kv_channels={kv_channels} != hidden_size / num_attention_heads.")
@@ -123,8 +129,8 @@ def _common_tower(cfg: Mapping, tower: str) -> dict:
         raise CheckpointError(f"{tower}: grouped-query attention (num_query_groups) is not supported.")
     return {
         "hidden_size": hidden,
-        "intermediate_size": cfg["ffn_hidden_size"],
-        "num_hidden_layers": cfg["num_layers"],
+        "intermediate_size": _require(cfg, "ffn_hidden_size", tower),
+        "num_hidden_layers": _require(cfg, "num_layers", tower),
         "num_attention_heads": heads,
         "layer_norm_eps": float(cfg.get("layernorm_epsilon", 1e-5)),
         "attention_dropout": float(cfg.get("attention_dropout", 0.0)),
@@ -152,7 +158,7 @@ def config_from_nemo1(cfg: Mapping, *, patch_bias: bool) -> tuple[HfmmCLIPConfig
             raise CheckpointError(f"model config: no `{section}` section; is this a NeMo CLIP checkpoint?")
     mcore = bool(cfg.get("mcore_gpt", False))
     vision, text = cfg["vision"], cfg["text"]
-    class_tokens = vision.get("class_token_length", 8 if not mcore else 1)
+    class_tokens = vision.get("class_token_length")  # NeMo builds no class token when it is absent
     if class_tokens is None or class_tokens < 1:
         raise CheckpointError("vision: class_token_length < 1 (no class token) is not supported by hfmm's ViT.")
     global_average_pool = bool(vision.get("global_average_pool", False))
@@ -171,8 +177,8 @@ def config_from_nemo1(cfg: Mapping, *, patch_bias: bool) -> tuple[HfmmCLIPConfig
             raise CheckpointError(f"model config: output_dim differs between the towers ({tower['output_dim']}).")
     vision_config = {
         **_common_tower(vision, "vision"),
-        **_image_fields(vision, vision["img_h"], vision["img_w"], "vision"),
-        "patch_size": vision["patch_dim"],
+        **_image_fields(vision, vision.get("img_h", 224), vision.get("img_w", 224), "vision"),
+        "patch_size": vision.get("patch_dim", 16),
         "num_channels": vision.get("num_channels", 3),
         "hidden_act": nemo1_activation(vision, mcore, "vision"),
         "class_token_length": class_tokens,
@@ -189,7 +195,7 @@ def config_from_nemo1(cfg: Mapping, *, patch_bias: bool) -> tuple[HfmmCLIPConfig
     layout = NemoCLIPLayout(
         mcore,
         TowerLayout(vision["num_attention_heads"], bool(vision.get("megatron_legacy", False)) and not mcore,
-                    vision["patch_dim"], vision_config["num_channels"]),
+                    vision_config["patch_size"], vision_config["num_channels"]),
         TowerLayout(text["num_attention_heads"], bool(text.get("megatron_legacy", False)) and not mcore),
     )  # fmt: skip
     return _clip_config(vision_config, text_config, projection), layout, notes
@@ -220,19 +226,18 @@ def config_from_nemo2(model_yaml: Mapping) -> tuple[HfmmCLIPConfig, NemoCLIPLayo
             _target_name(cfg.get("activation_func", "gelu")), bool(cfg.get("bias_activation_fusion", False)), tower
         )
 
-    defaults = {"normalization": "LayerNorm", "add_bias_linear": True}
     for tower, cfg in (("vision", vision), ("text", text)):
         if not cfg.get("add_bias_linear", True):
             raise CheckpointError(f"{tower}: add_bias_linear: False is not supported by hfmm's CLIP.")
     vision_config = {
-        **_common_tower({**defaults, **vision}, "vision"),
+        **_common_tower(vision, "vision"),
         **_image_fields({}, vision.get("img_h", 224), vision.get("img_w", 224), "vision"),
         "patch_size": vision.get("patch_dim", 16),
         "hidden_act": activation(vision, "vision"),
         "class_token_length": vision.get("class_token_len", 8),
     }
     text_config = {
-        **_common_tower({**defaults, **text}, "text"),
+        **_common_tower(text, "text"),
         "max_position_embeddings": text.get("max_seq_length", 1024),
         "hidden_act": activation(text, "text"),
     }
