@@ -30,7 +30,7 @@ def zero_shot(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from hfmm.demo import run_clip_demo
 
-    run_clip_demo(Path(args.out), preset=args.preset)
+    run_clip_demo(Path(args.out), n_train=args.train_size, epochs=args.epochs)
     return 0
 
 
@@ -98,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", help="write the results as JSON here")
     score.set_defaults(func=evaluate)
 
-    show = commands.add_parser("demo", help="build, save, reload and run a tiny CLIP end to end")
+    show = commands.add_parser("demo", help="train a tiny CLIP on generated shapes and evaluate it zero-shot")
     show.add_argument("--out", default="demo_output", help="output folder")
-    show.add_argument("--preset", default="ViT-B-32", help="architecture preset (widths shrunk for speed)")
+    show.add_argument("--train-size", type=int, default=2000, help="number of generated training images")
+    show.add_argument("--epochs", type=float, default=None, help="override the recipe's num_train_epochs")
     show.set_defaults(func=demo)
     return parser
 

@@ -81,9 +81,12 @@ def _coerce(annotation, value):
 
 def _parse_override(raw: str) -> Any:
     try:
-        return yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
+    if isinstance(value, bool) and raw.lower() not in ("true", "false"):
+        return raw  # YAML 1.1 reads "no"/"off"/"yes" as booleans; `--save_strategy no` means the string
+    return value
 
 
 def apply_overrides(config: dict, argv: list[str]) -> dict:
