@@ -156,3 +156,27 @@ def test_vocabulary_padding_is_dropped(tmp_path):
     assert model.config.text_config.vocab_size == 49408
     expected = tiny_open_clip().token_embedding.weight
     torch.testing.assert_close(model.text_model.embeddings.token_embedding.weight, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("wrapping", ["megatron_amp_O2", "lightning", "bf16"])
+def test_weight_file_variants(tmp_path, wrapping):
+    """`model.module.` keys (megatron_amp_O2), a Lightning checkpoint's `state_dict`, and bf16 weights (kept bf16)."""
+    state_dict = tiny_legacy_state_dict()
+    if wrapping == "megatron_amp_O2":
+        state_dict = {key.replace("model.", "model.module.", 1): value for key, value in state_dict.items()}
+    elif wrapping == "lightning":
+        state_dict = {"state_dict": state_dict, "epoch": 3, "global_step": 100}
+    else:
+        state_dict = {key: value.to(torch.bfloat16) for key, value in state_dict.items()}
+    _, dst = converted_tokenizer(write_tiny_nemo(tmp_path / "src", state_dict), tmp_path)
+    model, reference = AutoModel.from_pretrained(dst).eval(), tiny_open_clip()
+    images = torch.randn(2, 3, 32, 32)
+    input_ids = HfmmCLIPTokenizer.from_package()(["a cat", "two dogs"], padding="max_length")["input_ids"]
+    if wrapping == "bf16":  # compared in fp32: exact bf16 weights, without bf16 op-order noise
+        assert model.dtype == torch.bfloat16 and model.config.dtype == torch.bfloat16
+        model, reference = model.float(), reference.to(torch.bfloat16).float()
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_image_features(pixel_values=images).pooler_output,
+                                   reference.encode_image(images), atol=1e-5, rtol=0)  # fmt: skip
+        torch.testing.assert_close(model.get_text_features(input_ids=torch.tensor(input_ids)).pooler_output,
+                                   reference.encode_text(torch.tensor(input_ids)), atol=1e-5, rtol=0)  # fmt: skip
