@@ -1,0 +1,15 @@
+"""A shortened `hfmm demo`: the tiny CLIP learns colour from generated images, through the real recipe."""
+
+import json
+
+from hfmm.demo import run_clip_demo
+
+
+def test_short_demo_learns_colour(tmp_path):
+    report = run_clip_demo(tmp_path, n_train=800, n_eval=160, epochs=4)
+    metrics = {result["task"]: result["metrics"] for result in report["results"]}
+    assert metrics["zero-shot-image-classification"]["top1"] >= 0.6  # chance: 1/8
+    assert report["pipeline_zero_shot_top1"] >= 0.5
+    assert metrics["image-text-retrieval"]["text_to_image_R@10"] > 3 * 10 / 160  # well above chance
+    saved = json.loads((tmp_path / "clip" / "eval.json").read_text())
+    assert saved["results"] == report["results"]
