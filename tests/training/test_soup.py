@@ -1,0 +1,38 @@
+"""`hfmm soup`: the uniform average of checkpoints of one architecture; mismatched architectures refused."""
+
+import pytest
+import torch
+from conftest import tiny_clip_config
+from transformers import AutoModel
+
+from hfmm import HfmmCLIPModel
+from hfmm.cli import main as cli_main
+
+
+def saved(path, seed, **vision):
+    torch.manual_seed(seed)
+    HfmmCLIPModel(tiny_clip_config(vision=vision)).save_pretrained(path)
+    return path
+
+
+def test_soup_is_the_average(tmp_path):
+    paths = [saved(tmp_path / f"run{i}", seed=i) for i in range(3)]
+    assert cli_main(["soup", *map(str, paths), "--out", str(tmp_path / "soup")]) == 0
+    soup = AutoModel.from_pretrained(tmp_path / "soup").state_dict()
+    runs = [AutoModel.from_pretrained(p).state_dict() for p in paths]
+    for name, tensor in soup.items():
+        expected = sum(run[name].double() for run in runs) / 3
+        assert (tensor.double() - expected).abs().max() <= 1e-6, name
+
+
+def test_soup_refuses_mismatched_architectures(tmp_path, capsys):
+    paths = [saved(tmp_path / "a", 0), saved(tmp_path / "b", 1, class_token_length=2)]
+    assert cli_main(["soup", *map(str, paths), "--out", str(tmp_path / "soup")]) == 2
+    assert "vision_config" in capsys.readouterr().err and not (tmp_path / "soup").exists()
+
+
+def test_soup_needs_two(tmp_path):
+    from hfmm.training.soup import make_soup
+
+    with pytest.raises(ValueError, match="at least two"):
+        make_soup([saved(tmp_path / "a", 0)], tmp_path / "soup")
