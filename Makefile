@@ -29,5 +29,5 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_loss.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests convert benchmarks
-	$(VENV)/bin/ruff format --check src tests convert benchmarks
+	$(VENV)/bin/ruff check src tests convert benchmarks recipes
+	$(VENV)/bin/ruff format --check src tests convert benchmarks recipes
