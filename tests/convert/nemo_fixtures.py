@@ -45,13 +45,28 @@ TOWER_DEFAULTS = {
 }
 
 
+VISION_DEFAULTS = {
+    "img_h": 224,
+    "img_w": 224,
+    "patch_dim": 16,
+    "class_token_length": 1,
+    "global_average_pool": False,
+    "preprocess_layernorm": True,
+    "position_embedding_type": "learned_absolute",
+    "image_mean": None,
+    "image_std": None,
+}
+TEXT_DEFAULTS = {
+    "encoder_seq_length": 77,
+    "max_position_embeddings": 77,
+    "position_embedding_type": "learned_absolute",
+}
+
+
 def nemo_clip_config(vision: dict, text: dict, *, output_dim: int, mcore: bool, tp: int = 1, **model) -> dict:
     """A NeMo 1 `model_config.yaml` (the `model:` section, interpolations resolved as `save_to` writes them)."""
-    vision = {**TOWER_DEFAULTS, "img_h": 224, "img_w": 224, "patch_dim": 16, "class_token_length": 1,
-              "global_average_pool": False, "preprocess_layernorm": True, "position_embedding_type":
-              "learned_absolute", "image_mean": None, "image_std": None, "output_dim": output_dim, **vision}  # fmt: skip
-    text = {**TOWER_DEFAULTS, "encoder_seq_length": 77, "max_position_embeddings": 77,
-            "position_embedding_type": "learned_absolute", "output_dim": output_dim, **text}  # fmt: skip
+    vision = {**TOWER_DEFAULTS, **VISION_DEFAULTS, "output_dim": output_dim, **vision}
+    text = {**TOWER_DEFAULTS, **TEXT_DEFAULTS, "output_dim": output_dim, **text}
     return {
         "precision": 32,
         "micro_batch_size": 32,
@@ -74,7 +89,7 @@ def nemo_clip_config(vision: dict, text: dict, *, output_dim: int, mcore: bool, 
             "merge_file": None,
             "delimiter": None,
             "sentencepiece_legacy": False,
-        },  # fmt: skip
+        },
         "make_vocab_size_divisible_by": 128,
         "target": "nemo.collections.multimodal.models.vision_language_foundation.clip.megatron_clip_models."
         "MegatronCLIPModel",
@@ -229,17 +244,31 @@ def with_prefix(state_dict: dict, prefix: str = "model.") -> dict:
 def legacy_config(open_clip_cfg: dict, *, megatron_legacy: bool, quick_gelu: bool, tp: int = 1, **vision) -> dict:
     """NeMo's legacy CLIP config (`megatron_clip_VIT-L-14.yaml` shape) describing an OpenCLIP model config."""
     vision_cfg, text_cfg = open_clip_cfg["vision_cfg"], open_clip_cfg["text_cfg"]
-    act = {"activation": "approx-gelu" if quick_gelu else "gelu", "megatron_legacy": megatron_legacy,
-           "position_embedding_type": "learned_parameters"}  # fmt: skip
-    width = vision_cfg["width"]
-    return nemo_clip_config(
-        {"patch_dim": vision_cfg["patch_size"], "img_h": vision_cfg["image_size"], "img_w": vision_cfg["image_size"],
-         "num_layers": vision_cfg["layers"], "hidden_size": width, "ffn_hidden_size": int(width * vision_cfg.get(
-             "mlp_ratio", 4.0)), "num_attention_heads": width // vision_cfg.get("head_width", 64), **act, **vision},
-        {"num_layers": text_cfg["layers"], "hidden_size": text_cfg["width"], "ffn_hidden_size": text_cfg["width"] * 4,
-         "num_attention_heads": text_cfg["heads"], **act},
-        output_dim=open_clip_cfg["embed_dim"], mcore=False, tp=tp,
-    )  # fmt: skip
+    common = {
+        "activation": "approx-gelu" if quick_gelu else "gelu",
+        "megatron_legacy": megatron_legacy,
+        "position_embedding_type": "learned_parameters",
+    }
+    width, text_width = vision_cfg["width"], text_cfg["width"]
+    vision = {
+        "patch_dim": vision_cfg["patch_size"],
+        "img_h": vision_cfg["image_size"],
+        "img_w": vision_cfg["image_size"],
+        "num_layers": vision_cfg["layers"],
+        "hidden_size": width,
+        "ffn_hidden_size": int(width * vision_cfg.get("mlp_ratio", 4.0)),
+        "num_attention_heads": width // vision_cfg.get("head_width", 64),
+        **common,
+        **vision,
+    }
+    text = {
+        "num_layers": text_cfg["layers"],
+        "hidden_size": text_width,
+        "ffn_hidden_size": text_width * 4,
+        "num_attention_heads": text_cfg["heads"],
+        **common,
+    }
+    return nemo_clip_config(vision, text, output_dim=open_clip_cfg["embed_dim"], mcore=False, tp=tp)
 
 
 def deep_update(config: dict, **sections) -> dict:

@@ -24,6 +24,7 @@ This runs in its own processes because megatron-core on CPU needs process-wide p
 import io
 import json
 import os
+import socket
 import sys
 import zlib
 from pathlib import Path
@@ -76,14 +77,6 @@ def build_model(spec: dict, vision_name: str, text_name: str):
     from megatron.core.transformer.module import MegatronModule
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
-    class Head(MegatronModule):
-        """NeMo's tower top: `final_layernorm` (TENorm) and a bias-free `head`."""
-
-        def __init__(self, config):
-            super().__init__(config)
-            self.final_layernorm = WrappedTorchNorm(config, WIDTH, eps=config.layernorm_epsilon)
-            self.head = torch.nn.Linear(WIDTH, OUT_DIM, bias=False)
-
     vision_config = _layer_config(*spec["vision"])
     vision_spec = get_gpt_layer_local_spec()
     vision_spec.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.no_mask
@@ -97,9 +90,9 @@ def build_model(spec: dict, vision_name: str, text_name: str):
     text = GPTModel(_layer_config(*spec["text"]), get_gpt_layer_local_spec(), vocab_size=VOCAB,
                     max_sequence_length=CONTEXT, pre_process=True, post_process=False,
                     share_embeddings_and_output_weights=False, position_embedding_type="learned_absolute")  # fmt: skip
-    vision_head, text_head = Head(vision_config), Head(text.config)
-    for tower, head in ((vision, vision_head), (text, text_head)):
-        tower.final_layernorm, tower.head = head.final_layernorm, head.head
+    for tower in (vision, text):  # NeMo's tower top: `final_layernorm` (TENorm) and a bias-free `head`
+        tower.final_layernorm = WrappedTorchNorm(tower.config, WIDTH, eps=tower.config.layernorm_epsilon)
+        tower.head = torch.nn.Linear(WIDTH, OUT_DIM, bias=False)
 
     class NemoCLIP(MegatronModule):
         def __init__(self):
@@ -212,8 +205,8 @@ def save_checkpoints(name: str, spec: dict, model, out: Path, tp_rank: int) -> N
 
 def mcore_config(spec: dict) -> dict:
     def tower(activation, fusion, **extra):
-        return {"num_layers": LAYERS, "hidden_size": WIDTH, "ffn_hidden_size": FFN, "num_attention_heads": HEADS,
-                "activation": activation, "bias_activation_fusion": fusion, **extra}  # fmt: skip
+        sizes = {"num_layers": LAYERS, "hidden_size": WIDTH, "ffn_hidden_size": FFN, "num_attention_heads": HEADS}
+        return {**sizes, "activation": activation, "bias_activation_fusion": fusion, **extra}
 
     vision = tower(*spec["vision"], patch_dim=PATCH, img_h=IMAGE, img_w=IMAGE, class_token_length=spec["ctl"])
     text = tower(*spec["text"], encoder_seq_length=CONTEXT, max_position_embeddings=CONTEXT)
@@ -228,9 +221,19 @@ def nemo2_model_yaml(spec: dict) -> dict:
                   else "torch.nn.functional.gelu")  # fmt: skip
         return {"activation_func": {"_target_": target, "_call_": False}, "bias_activation_fusion": fusion}
 
-    common = {"num_layers": LAYERS, "hidden_size": WIDTH, "ffn_hidden_size": FFN, "num_attention_heads": HEADS,
-              "layernorm_epsilon": 1e-5, "output_dim": OUT_DIM, "add_bias_linear": True, "gated_linear_unit": False,
-              "normalization": "LayerNorm", "hidden_dropout": 0.0, "attention_dropout": 0.0}  # fmt: skip
+    common = {
+        "num_layers": LAYERS,
+        "hidden_size": WIDTH,
+        "ffn_hidden_size": FFN,
+        "num_attention_heads": HEADS,
+        "layernorm_epsilon": 1e-5,
+        "output_dim": OUT_DIM,
+        "add_bias_linear": True,
+        "gated_linear_unit": False,
+        "normalization": "LayerNorm",
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+    }
     base = "nemo.collections.vlm.clip.model.base."
     return {
         "_target_": base + "CLIPModel",
@@ -241,7 +244,7 @@ def nemo2_model_yaml(spec: dict) -> dict:
                 **common,
                 **activation(*spec["text"]),
                 "max_seq_length": CONTEXT,
-            },  # fmt: skip
+            },
             "vision_transformer_config": {
                 "_target_": base + "CLIPViTConfig",
                 **common,
@@ -252,12 +255,12 @@ def nemo2_model_yaml(spec: dict) -> dict:
                 "img_h": IMAGE,
                 "img_w": IMAGE,
                 "vision_model_type": "clip",
-            },  # fmt: skip
+            },
         },
         "tokenizer": {
             "_target_": "nemo.collections.common.tokenizers.huggingface.auto_tokenizer.AutoTokenizer",
             "pretrained_model_name": "openai/clip-vit-large-patch14",
-        },  # fmt: skip
+        },
     }
 
 
@@ -284,7 +287,11 @@ def worker(rank: int, world_size: int, port: int, out: str) -> None:
             outputs = forward(vision, text, pixel_values, input_ids)
             save_checkpoints(name, spec, model, Path(out), tp_rank)
             if rank == 0:
-                reference = {"pixel_values": pixel_values, "input_ids": input_ids, "logit_scale": model.logit_scale}
+                reference = {
+                    "pixel_values": pixel_values,
+                    "input_ids": input_ids,
+                    "logit_scale": model.logit_scale.detach(),
+                }
                 torch.save({**reference, **outputs}, Path(out) / name / "reference.pt")
         parallel_state.destroy_model_parallel()
     dist.destroy_process_group()
@@ -293,8 +300,11 @@ def worker(rank: int, world_size: int, port: int, out: str) -> None:
 def main(out: str) -> None:
     import torch.multiprocessing as mp
 
+    with socket.socket() as probe:  # a free port for gloo's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     world_size = max(spec["tp"] for spec in VARIANTS.values())
-    mp.spawn(worker, args=(world_size, 29500 + os.getpid() % 20000, out), nprocs=world_size, join=True)
+    mp.spawn(worker, args=(world_size, port, out), nprocs=world_size, join=True)
     (Path(out) / "variants.json").write_text(json.dumps(VARIANTS))
 
 
