@@ -27,7 +27,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,7 +65,6 @@ class NemoCheckpoint:
     shards: list[Mapping[str, torch.Tensor]]
     root: Path
     weights: str
-    notes: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager

@@ -7,8 +7,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from hfmm.models.clip import HfmmCLIPModel
 from hfmm.models.clip.processing_clip import HfmmCLIPImageProcessor, HfmmCLIPProcessor, HfmmCLIPTokenizer
 
@@ -111,7 +109,7 @@ def build_model(
         model.config.dtype = next(iter(dtypes))
     image_processor = HfmmCLIPImageProcessor.from_vision_config(config.vision_config)
     processor = HfmmCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    return model.eval(), processor, [*checkpoint.notes, *notes, tokenizer_note]
+    return model.eval(), processor, [*notes, tokenizer_note]
 
 
 def convert_nemo_clip_checkpoint(
@@ -143,6 +141,5 @@ def convert_nemo_clip_checkpoint(
         raise FileExistsError(f"{dst} exists; pass --force to overwrite it.")
     with open_nemo_checkpoint(src) as checkpoint:
         model, processor, notes = build_model(checkpoint, progress=progress)
-        with torch.no_grad():
-            write_model_folder(model, dst, processor=processor, force=force, max_shard_size=max_shard_size)
+        write_model_folder(model, dst, processor=processor, force=force, max_shard_size=max_shard_size)
         return NemoConversion(dst, checkpoint.weights, notes)
