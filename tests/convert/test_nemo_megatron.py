@@ -45,7 +45,7 @@ CASES = [  # variant, source form
 
 @pytest.fixture(scope="module")
 def megatron_checkpoints(tmp_path_factory) -> Path:
-    if importlib.util.find_spec("megatron.core") is None:
+    if importlib.util.find_spec("megatron") is None or importlib.util.find_spec("megatron.core") is None:
         pytest.fail("megatron-core is not installed; it is the reference of these tests: pip install -e '.[dev]'")
     out = tmp_path_factory.mktemp("megatron")
     run = subprocess.run([sys.executable, str(HERE / "nemo_megatron.py"), str(out)], capture_output=True, text=True)
