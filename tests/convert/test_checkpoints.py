@@ -1,6 +1,7 @@
 """The safe readers under every converter: archives checked before extraction, pickles without code, lazy tensors."""
 
 import io
+import math
 import tarfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from hfmm.conversion.checkpoints import (
     safe_extract_tar,
     unwrap_state_dict,
 )
-from hfmm.conversion.key_maps import KeyMap, same
+from hfmm.conversion.key_maps import KeyMap, same, split_rows
 
 
 def add_file(archive: tarfile.TarFile, name: str, content: bytes = b"weights") -> None:
@@ -104,12 +105,24 @@ def test_safetensors_reads_lazily_and_refuses_truncation(tmp_path):
     save_file(tensors, tmp_path / "w.safetensors")
     state_dict = read_state_dict(tmp_path / "w.safetensors")
     assert isinstance(state_dict, SafetensorsStateDict) and sorted(state_dict) == ["a", "b"]
-    first, second = state_dict["a"], state_dict["a"]
+    assert torch.equal(state_dict["a"], tensors["a"]) and torch.equal(state_dict["b"], tensors["b"])
+    copies = SafetensorsStateDict([tmp_path / "w.safetensors"], backend="pread")
+    first, second = copies["a"], copies["a"]
     assert torch.equal(first, tensors["a"]) and first.data_ptr() != second.data_ptr()  # a fresh copy per read
     data = (tmp_path / "w.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[:-100])
     with pytest.raises(CheckpointError, match="cut.safetensors: not a readable safetensors file"):
         read_state_dict(tmp_path / "cut.safetensors")
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (6,)])
+def test_split_rows_shares_memory_without_sharing_storage(shape):
+    fused = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    q, k, v = split_rows(fused, 3)
+    for part, expected in zip((q, k, v), fused.chunk(3), strict=True):
+        assert torch.equal(part, expected) and part.is_contiguous()
+    assert k.data_ptr() == fused.data_ptr() + q.numel() * 4  # no copy
+    assert len({part.untyped_storage().data_ptr() for part in (q, k, v)}) == 3  # save_pretrained sees 3 tensors
 
 
 def test_key_map_names_unknown_keys_and_inverts_templates():

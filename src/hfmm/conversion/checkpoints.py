@@ -26,12 +26,13 @@ class CheckpointError(ValueError):
 class SafetensorsStateDict(Mapping):
     """A read-only mapping over one or more `.safetensors` files that loads each tensor only when asked.
 
-    Tensors are read with `pread` by default: each is a fresh copy that is freed with it, whereas tensors of the
-    default `mmap` backend keep the pages they touched resident (counted in RSS) for as long as the file is open, so a
-    converter that transforms tensors would hold both the source pages and the copies.
+    With the default `backend="mmap"` a tensor is a zero-copy view of the file; the pages it touches stay resident
+    (counted in RSS) while the file is open. `backend="pread"` reads each tensor into a fresh copy that is freed with
+    it, which keeps memory at one copy when a converter transforms tensors into new ones (the source pages would
+    otherwise stay resident beside the copies).
     """
 
-    def __init__(self, paths: list[Path], *, backend: str = "pread"):
+    def __init__(self, paths: list[Path], *, backend: str = "mmap"):
         self._files = {}
         self._where = {}
         for path in paths:

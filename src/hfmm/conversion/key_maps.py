@@ -5,12 +5,14 @@ A key map is a dict from an anchored regular expression over source keys to `(ta
 `{0}`, `{1}`, ... of the target template. A transform returns one tensor, or a tuple with one tensor per target.
 """
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from accelerate import init_empty_weights
 from tqdm.auto import tqdm
+from transformers.initialization import no_init_weights
 
 from .checkpoints import CheckpointError
 
@@ -29,6 +31,27 @@ def transpose(tensor: torch.Tensor) -> torch.Tensor:
 def as_vector(tensor: torch.Tensor) -> torch.Tensor:
     """A scalar (or 1-element) parameter as hfmm's shape `(1,)` (FSDP2 refuses 0-dim parameters)."""
     return tensor.reshape(1)
+
+
+def split_rows(tensor: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+    """
+    Splits `tensor` into `parts` equal blocks of rows without copying.
+
+    Each block is a tensor over its own slice of the source storage: views of one storage would be cloned by
+    `save_pretrained` (it treats them as shared tensors), and copies would cost a second copy of the fused weights
+    (or, for a memory-mapped source, keep its pages resident beside the copies).
+    """
+    if tensor.shape[0] % parts:
+        return tuple(chunk.clone() for chunk in tensor.chunk(parts))  # a shape error follows, naming the key
+    tensor = tensor.contiguous()
+    shape = (tensor.shape[0] // parts, *tensor.shape[1:])
+    nbytes = math.prod(shape) * tensor.element_size()
+    start = tensor.storage_offset() * tensor.element_size()
+    storage = tensor.untyped_storage()
+    return tuple(
+        torch.empty(0, dtype=tensor.dtype).set_(storage[start + i * nbytes : start + (i + 1) * nbytes], 0, shape)
+        for i in range(parts)
+    )
 
 
 def _fill_groups(pattern: str, values: tuple[str, ...]) -> str:
@@ -188,7 +211,8 @@ def build_model(
         progress (`bool`, *optional*, defaults to `False`):
             Show a progress bar over the tensors.
     """
-    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (position ids, masks) real
+    # Parameters on meta, buffers (position ids) real and built by `__init__`; no initialisation of the parameters.
+    with init_empty_weights(include_buffers=False), no_init_weights():
         model = model_cls(config)
     expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
     plan = key_map.plan(state_dict.keys())

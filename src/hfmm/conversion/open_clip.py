@@ -9,7 +9,7 @@ import torch
 
 from hfmm.models.clip import HfmmCLIPConfig, HfmmSigLIPConfig
 
-from .key_maps import KeyMap, Rule, as_vector, same, transpose
+from .key_maps import KeyMap, Rule, as_vector, same, split_rows, transpose
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -198,12 +198,8 @@ def config_from_open_clip(
 
 
 def split_qkv(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`nn.MultiheadAttention`'s fused `in_proj` rows are ordered q, k, v.
-
-    Each part is a copy, not a view: the fused source tensor can then be freed, and the three parameters do not share
-    storage (which `save_pretrained` would have to copy anyway).
-    """
-    return tuple(chunk.clone() for chunk in tensor.chunk(3, dim=0))
+    """`nn.MultiheadAttention`'s fused `in_proj` rows are ordered q, k, v (split without copying)."""
+    return split_rows(tensor, 3)
 
 
 _BLOCK = {

@@ -30,7 +30,7 @@ import torch
 
 from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel, available_presets
 
-from .checkpoints import CheckpointError, read_state_dict
+from .checkpoints import CheckpointError, SafetensorsStateDict, read_state_dict
 from .clip_outputs import (
     ConversionResult,
     check_destination,
@@ -207,6 +207,14 @@ def resolve_hub_config(hub_config: dict, quick_gelu: bool | None, timm_model_kwa
 # --- reading ------------------------------------------------------------------------------------------------------
 
 
+def read_weights(weights: Path) -> Mapping[str, torch.Tensor]:
+    """The tensors of a weights file, memory-mapped: every rule of the key map is zero-copy but for two small
+    transposes, so the converted model holds the file's own pages, each once."""
+    if weights.suffix == ".safetensors":
+        return SafetensorsStateDict([weights], backend="mmap")
+    return read_state_dict(weights)  # torch files: weights_only=True, mmap=True
+
+
 def read_open_clip_checkpoint(
     src: str | Path,
     *,
@@ -241,7 +249,7 @@ def read_open_clip_checkpoint(
         )
     else:
         config, open_clip_cfg, quick_gelu, notes = resolve_name(model, quick_gelu, timm_model_kwargs)
-    return OpenCLIPCheckpoint(weights, read_state_dict(weights), config, open_clip_cfg, quick_gelu, explicit + notes)
+    return OpenCLIPCheckpoint(weights, read_weights(weights), config, open_clip_cfg, quick_gelu, explicit + notes)
 
 
 # --- verification -------------------------------------------------------------------------------------------------

@@ -50,11 +50,12 @@ def _shards(src: Path, index_name: str) -> list[Path]:
 
 
 def read_weights(src: Path):
-    """The folder's tensors, read lazily: `model.safetensors` (or its shards), else `pytorch_model.bin` (or shards)."""
+    """The folder's tensors, memory-mapped (the key map copies nothing): `model.safetensors` (or its shards), else
+    `pytorch_model.bin` (or its shards)."""
     if (src / "model.safetensors").is_file():
-        return SafetensorsStateDict([src / "model.safetensors"])
+        return SafetensorsStateDict([src / "model.safetensors"], backend="mmap")
     if (src / "model.safetensors.index.json").is_file():
-        return SafetensorsStateDict(_shards(src, "model.safetensors.index.json"))
+        return SafetensorsStateDict(_shards(src, "model.safetensors.index.json"), backend="mmap")
     paths = [src / "pytorch_model.bin"] if (src / "pytorch_model.bin").is_file() else []
     if not paths and (src / "pytorch_model.bin.index.json").is_file():
         paths = _shards(src, "pytorch_model.bin.index.json")
