@@ -307,9 +307,10 @@ def convert_open_clip_checkpoint(
     Converts an OpenCLIP checkpoint into an hfmm CLIP folder (`config.json`, safetensors weights, modeling files,
     tokenizer and image processor), exactly.
 
-    The model is built on the meta device and assigned the converted tensors, read one at a time, so memory holds one
-    copy of the weights (two while verifying: open_clip's model holds the source tensors). Nothing is written when a
-    step fails; `dst` appears only once complete.
+    The model is built on the meta device and assigned the converted tensors: memory-mapped views of the source file
+    (q/k/v are slices of the fused `in_proj` storage; only the two projections are transposed copies), so memory
+    holds the checkpoint's pages once. open_clip's reference model, when verifying, is assigned the same views (fp32
+    checkpoints; others get fp32 copies). Nothing is written when a step fails; `dst` appears only once complete.
 
     Args:
         src (`str` or `Path`):
