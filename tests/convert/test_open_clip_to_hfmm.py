@@ -139,6 +139,22 @@ def test_quick_gelu_flag_overrides_the_config(tmp_path):
     assert_embeddings_match(open_clip_outputs(reference, 224), tmp_path / "dst")
 
 
+def test_half_precision_checkpoint_keeps_its_dtype(tmp_path):
+    """fp16 weights are written as fp16 (bit for bit); the check against open_clip runs on fp32 copies of both."""
+    reference, cfg = open_clip_model("ViT-B-32", layers=1)
+    reference.half()
+    src, args = write_source("hub-safetensors", reference, cfg, tmp_path, "ViT-B-32")
+    result = convert_open_clip_checkpoint(src, tmp_path / "dst")
+    assert max(result.differences.values()) <= 1e-5
+    model = AutoModel.from_pretrained(tmp_path / "dst")
+    assert model.dtype == torch.float16
+    assert torch.equal(model.text_model.embeddings.token_embedding.weight, reference.token_embedding.weight)
+    assert torch.equal(
+        model.vision_model.encoder.layers[0].self_attn.v_proj.weight,
+        reference.visual.transformer.resblocks[0].attn.in_proj_weight[-768:],
+    )
+
+
 def test_custom_text_layout_and_logit_bias(tmp_path):
     """`CustomTextCLIP` keys (`text.` prefix) and a learned logit bias (`init_logit_bias`): a sigmoid-loss hfmm model."""
     cfg = copy.deepcopy(open_clip.get_model_config("ViT-B-32"))
