@@ -1,6 +1,6 @@
 """Run under torchrun (gloo, CPU): FSDP2 `fully_shard` of an hfmm CLIP, one step of the tiled loss.
 
-Prints a REPORT line with the largest gradient difference against an unsharded copy that saw the global batch.
+Writes OUT/rank{r}.json (OUT = argv[1]) with the largest gradient difference against an unsharded copy that saw the global batch.
 """
 
 import json
@@ -48,5 +48,6 @@ for name, param in reference.named_parameters():
     grad = sharded_params[name].grad
     sharded_count += int(grad.to_local().shape != grad.shape)
     worst = max(worst, (grad.full_tensor() - param.grad).abs().max().item())
-print("REPORT " + json.dumps({"rank": rank, "worst": worst, "sharded_params": sharded_count}), flush=True)
+report = {"rank": rank, "worst": worst, "sharded_params": sharded_count}
+(Path(sys.argv[1]) / f"rank{rank}.json").write_text(json.dumps(report))
 dist.destroy_process_group()

@@ -13,7 +13,7 @@ WORKER = Path(__file__).with_name("tp_worker.py")
 
 
 def test_tensor_parallel_two_ranks(tmp_path):
-    HfmmCLIPModel(tiny_clip_config()).save_pretrained(tmp_path)
+    HfmmCLIPModel(tiny_clip_config()).save_pretrained(tmp_path / "model")
     command = [
         sys.executable,
         "-m",
@@ -22,11 +22,12 @@ def test_tensor_parallel_two_ranks(tmp_path):
         "--nproc_per_node",
         "2",
         str(WORKER),
+        str(tmp_path / "model"),
         str(tmp_path),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    reports = [json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(r["rank"] for r in reports) == [0, 1]
     for report in reports:
         assert report["q_local"] == [16, 32]  # colwise: half the output features on each rank

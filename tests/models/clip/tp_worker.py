@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -27,4 +28,4 @@ report = {
     "image_diff": (ours.image_embeds - ref.image_embeds).abs().max().item(),
     "text_diff": (ours.text_embeds - ref.text_embeds).abs().max().item(),
 }
-print("REPORT " + json.dumps(report), flush=True)
+(Path(sys.argv[2]) / f"rank{dist.get_rank()}.json").write_text(json.dumps(report))
