@@ -51,18 +51,27 @@ def gradients(dtype, chunk, batch, tmp_path) -> dict:
 
 @pytest.mark.parametrize("chunk", [2, 4])
 def test_grad_cache_gradients_equal_full_batch(tmp_path, chunk):
-    # fp64: the identity is exact; fp32: only summation order differs (chunked sums of per-token gradients).
+    """fp64: the identity is exact. fp32: GradCache adds no error of its own.
+
+    In fp32 the chunked forward runs matmuls of other shapes, so embeddings round differently; the full-batch fp32
+    gradient is itself 2.6e-6 away from the exact (fp64) gradient on this model (bias gradients of magnitude 0.4),
+    and GradCache's distance from the exact gradient is held to the same size.
+    """
     batch64 = batch_of(16, torch.float64)
     assert (
         max_diff(gradients(torch.float64, None, batch64, tmp_path), gradients(torch.float64, chunk, batch64, tmp_path))
         <= 1e-12
     )
     batch32 = batch_of(16)
+    exact = gradients(torch.float64, None, {**batch32, "pixel_values": batch32["pixel_values"].double()}, tmp_path)
     full, cached = (
         gradients(torch.float32, None, batch32, tmp_path),
         gradients(torch.float32, chunk, batch32, tmp_path),
     )
     assert max_diff(full, cached) <= 5e-6
+    full_error = max_diff({n: g.double() for n, g in full.items()}, exact)
+    cached_error = max_diff({n: g.double() for n, g in cached.items()}, exact)
+    assert cached_error <= 1.25 * full_error + 1e-7
     assert full["logit_scale"].abs().item() > 1e-3  # the scale gradient is real and carried through the cache
 
 
