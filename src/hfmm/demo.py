@@ -8,8 +8,10 @@
    image-text retrieval recall) and save its JSON beside the model.
 """
 
+import csv
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image
@@ -51,6 +53,14 @@ def pipeline_accuracy(model_dir: Path, colours_dir: Path, template: str) -> floa
     return sum(rows[0]["label"] == label for rows, (label, _) in zip(predictions, truth)) / len(truth)
 
 
+def retrieval_chance(captions_csv: Path) -> tuple[float, float]:
+    """Chance R@1 (1 / number of images) and the attainable R@1: images that share a caption are indistinguishable."""
+    with open(captions_csv, newline="") as handle:
+        captions = [row["caption"] for row in csv.DictReader(handle)]
+    counts = Counter(captions)
+    return 1 / len(captions), len(counts) / len(captions)  # each distinct caption: 1/k for each of its k images
+
+
 def run_clip_demo(out: Path, *, n_train: int = 2000, n_eval: int = 400, epochs: float | None = None) -> dict:
     """Runs the whole demo into `out`; returns the eval JSON (with the pipeline accuracy added)."""
     out = Path(out)
@@ -69,9 +79,16 @@ def run_clip_demo(out: Path, *, n_train: int = 2000, n_eval: int = 400, epochs: 
     (model_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
 
     chance = 1 / len(COLOURS)
-    print(f"\nheld-out zero-shot colour accuracy through the pipeline ({template!r}): {accuracy:.1%} (chance {chance:.1%})")
+    print(
+        f"\nheld-out zero-shot colour accuracy through the pipeline ({template!r}): {accuracy:.1%} (chance {chance:.1%})"
+    )
     for result in report["results"]:
         metrics = ", ".join(f"{k} {v:.1%}" for k, v in result["metrics"].items())
         print(f"hfmm eval {result['task']} on {result['dataset']['name']}: {metrics}")
+    chance, attainable = retrieval_chance(paths["retrieval"])
+    print(
+        f"retrieval: R@1 by chance {chance:.2%}; held-out images repeat captions (a caption cannot tell them apart), "
+        f"so the attainable R@1 is {attainable:.1%}"
+    )
     print(f"model, processor and eval.json saved in {model_dir}")
     return report
