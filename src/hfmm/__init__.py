@@ -19,6 +19,7 @@ from .models.clip import (
     HfmmSigLIPModel,
     available_presets,
 )
+from .models.neva import NevaConfig, NevaForConditionalGeneration, NevaModel
 
 __version__ = "0.1.0.dev0"
 
@@ -36,5 +37,8 @@ __all__ = [
     "HfmmConvNextVisionModel",
     "HfmmSigLIPConfig",
     "HfmmSigLIPModel",
+    "NevaConfig",
+    "NevaForConditionalGeneration",
+    "NevaModel",
     "available_presets",
 ]

@@ -7,6 +7,7 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageTextToText,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     AutoTokenizer,
@@ -25,6 +26,8 @@ from .models.clip import (
     HfmmSigLIPModel,
 )
 from .models.clip.processing_clip import HfmmCLIPImageProcessor, HfmmCLIPProcessor, HfmmCLIPTokenizer
+from .models.neva import NevaConfig, NevaForConditionalGeneration, NevaModel
+from .models.neva.processing_neva import NevaProcessor
 
 _MODELS = [
     (HfmmCLIPTextConfig, HfmmCLIPTextModel),
@@ -52,3 +55,9 @@ def register() -> None:
         backends = {"pil": HfmmCLIPImageProcessor, "torchvision": HfmmCLIPImageProcessor}
         AutoImageProcessor.register(config_cls, image_processor_classes=backends, exist_ok=True)
         AutoProcessor.register(config_cls, HfmmCLIPProcessor, exist_ok=True)
+    AutoConfig.register(NevaConfig.model_type, NevaConfig, exist_ok=True)
+    AutoModel.register(NevaConfig, NevaModel, exist_ok=True)
+    AutoModelForImageTextToText.register(NevaConfig, NevaForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(NevaConfig, NevaProcessor, exist_ok=True)
+    NevaConfig.register_for_auto_class()
+    NevaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
