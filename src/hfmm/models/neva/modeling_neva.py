@@ -204,6 +204,14 @@ class NevaForConditionalGeneration(NevaPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers records one Auto class per class in `auto_map`; remote-code users of `AutoModel` need the
+        # headless model too.
+        if self._auto_class is not None:
+            headless = {"AutoModel": "modeling_neva.NevaModel"}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **headless}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
