@@ -1,4 +1,4 @@
-"""The `hfmm` command line: `hfmm demo | zero-shot | eval | soup`."""
+"""The `hfmm` command line: `hfmm demo | zero-shot | chat | eval | soup`."""
 
 import argparse
 import sys
@@ -24,6 +24,30 @@ def zero_shot(args: argparse.Namespace) -> int:
         print(path)
         for row in classifier(image, candidate_labels=args.label, hypothesis_template=args.template):
             print(f"  {row['score']:.4f}  {row['label']}")
+    return 0
+
+
+def chat(args: argparse.Namespace) -> int:
+    """Answers one question about one image with a NeVA, printing the answer as it is generated."""
+    from PIL import Image, UnidentifiedImageError
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TextStreamer
+
+    import hfmm  # noqa: F401  (registers hfmm's classes)
+
+    try:
+        image = Image.open(args.image)
+        image.load()
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"Cannot read image {args.image}: {error}") from error
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
+    if processor.chat_template is None:
+        raise ValueError(f"{args.model} has no chat template; save its processor with one (NevaProcessor).")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": args.question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=image.convert("RGB"), text=prompt)
+    streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer)
     return 0
 
 
@@ -72,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     shot.add_argument("--template", default="a photo of {}.", help="prompt template for each label")
     shot.add_argument("images", nargs="+", help="image files")
     shot.set_defaults(func=zero_shot)
+
+    talk = commands.add_parser("chat", help="ask a NeVA a question about an image (greedy, streamed)")
+    talk.add_argument("--model", required=True, help="NeVA folder or Hub id")
+    talk.add_argument("--image", required=True, help="image file")
+    talk.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, in tokens")
+    talk.add_argument("question", help="the question")
+    talk.set_defaults(func=chat)
 
     average = commands.add_parser("soup", help="average checkpoints of one architecture (a model soup)")
     average.add_argument("checkpoints", nargs="+", help="model folders")

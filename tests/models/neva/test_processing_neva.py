@@ -148,3 +148,19 @@ def NevaForConditionalGenerationFromAuto(folder, quantization):
     from transformers import AutoModelForImageTextToText
 
     return AutoModelForImageTextToText.from_pretrained(folder, quantization_config=quantization, device_map="cpu")
+
+
+def test_hfmm_chat_prints_the_greedy_answer(tmp_path, capsys):
+    from hfmm.cli import main
+
+    folder = save_tiny_neva(tmp_path / "neva")
+    red_square().save(tmp_path / "square.png")
+    assert main(["chat", "--model", str(folder), "--image", str(tmp_path / "square.png"), "--max-new-tokens", "6",
+                 "What colour is the square?"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    model, processor = tiny_neva()
+    prompt = processor.apply_chat_template(QUESTION, add_generation_prompt=True)
+    inputs = processor(images=Image.open(tmp_path / "square.png").convert("RGB"), text=prompt)
+    expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    assert printed.strip() == processor.decode(expected, skip_special_tokens=True).strip()
+    assert main(["chat", "--model", str(folder), "--image", str(tmp_path / "missing.png"), "hi"]) == 2
