@@ -1,7 +1,14 @@
-"""Export an hfmm CLIP folder as a transformers-native `CLIPModel` checkpoint (loads without hfmm or remote code).
+"""Export an hfmm CLIP folder as a transformers-native `CLIPModel` checkpoint, or an hfmm NeVA folder as a native
+`LlavaForConditionalGeneration` checkpoint (either loads without hfmm or remote code).
 
     python convert/to_transformers.py SRC DST [--force] [--no-verify]
 
+NeVA: Llava holds NeVAs with the mlp2x_gelu projector, no image start/end tokens and a transformers CLIP vision
+tower; others are refused with the reason. The export gets a `LlavaProcessor` with the NeVA's own tokenizer, image
+processor and chat template (the prompt expands to the same image tokens); transformers' Llava has no
+`image-text-to-text` check of image modes or context length (hfmm's processor raises on those).
+
+CLIP:
 Refuses, naming the feature, models that `CLIPModel` cannot represent (ConvNeXt towers, several class tokens,
 a patch-embedding bias, average pooling, a logit bias). The exported tokenizer is transformers' `CLIPTokenizer`,
 which skips OpenCLIP's ftfy/HTML text cleaning and
@@ -14,10 +21,11 @@ import argparse
 import sys
 
 import torch
-from transformers import AutoModel, CLIPImageProcessorPil, CLIPTokenizer
+from transformers import AutoConfig, AutoModel, CLIPImageProcessorPil, CLIPTokenizer
 
 import hfmm  # noqa: F401  (registers hfmm's classes)
 from hfmm.conversion.io import atomic_output_dir
+from hfmm.conversion.llava import export_to_llava
 from hfmm.conversion.transformers_clip import to_transformers_model
 from hfmm.models.clip import HfmmCLIPModel
 
@@ -56,6 +64,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip the output comparison")
     args = parser.parse_args(argv)
     try:
+        if AutoConfig.from_pretrained(args.src).model_type == "neva":
+            difference = export_to_llava(args.src, args.dst, verify_outputs=not args.no_verify, force=args.force)
+            checked = "" if difference is None else f" (largest logit difference {difference:.2g})"
+            print(f"wrote a transformers LlavaForConditionalGeneration to {args.dst}{checked}")
+            return 0
         model = AutoModel.from_pretrained(args.src, dtype=torch.float32).eval()
         if not isinstance(model, HfmmCLIPModel):
             raise ValueError(f"{args.src} holds a {type(model).__name__}, not an hfmm CLIP.")

@@ -29,13 +29,15 @@ CORPUS = [
 ]
 
 
-def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on a few sentences, with LLaMA-like and NeVA special tokens (each a single id)."""
+def tiny_tokenizer(vocab_size: int = 320, image_token: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on a few sentences, with LLaMA-like and NeVA special tokens (each a single id);
+    `image_token=False` leaves `<image>` out, as an original LLaVA tokenizer."""
+    special = SPECIAL if image_token else [token for token in SPECIAL if token != "<image>"]
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     backend.train_from_iterator(CORPUS * 4, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
@@ -46,7 +48,7 @@ def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         model_max_length=512,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[4:]})
+    tokenizer.add_special_tokens({"additional_special_tokens": special[4:]})
     return tokenizer
 
 
