@@ -27,6 +27,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_loss.py
+	$(PY) benchmarks/bench_convert.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_generate.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests convert benchmarks recipes
