@@ -1,0 +1,293 @@
+"""NeMo 1 NeVA checkpoints -> hfmm NeVA folders: the Megatron GPT language model becomes transformers' LLaMA, the
+projector and the HF CLIP tower keep their weights (research/nemo_formats.md §4, research/megatron_cpu.md §3-4).
+
+A NeVA `.nemo` usually carries only what was trained (stage 1: the projector; stage 2: projector + language model),
+so the missing parts come from `--llm` (a NeMo GPT checkpoint or a transformers causal-LM folder) and `--vision` (a
+transformers CLIP folder, which also gives the tower's config: NeMo records only its name).
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, LlamaConfig
+
+from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
+from hfmm.models.neva.processing_neva import CHAT_TEMPLATES, NevaProcessor
+
+from .checkpoints import CheckpointError
+from .clip_outputs import check_destination
+from .io import atomic_output_dir
+from .key_maps import KeyMap, build_model, same
+from .llava import LLM_PART_KEYS, VISION_PART_KEYS, _add_image_token, _image_processor, _renamed, read_weights
+from .nemo import COLUMN, REPLICATED, ROW, TensorParallelShards, trim_vocab_padding
+from .nemo_archive import open_nemo_checkpoint
+
+SWIGLU = "swiglu"  # TP rule: each rank holds [gate_r; up_r]; the global tensor is [gate_0; gate_1; ...; up_0; ...]
+
+ADAPTER = r"embedding\.word_embeddings\.adapter_layer\.mm_projector_adapter\.mm_projector"
+TOWER = r"embedding\.word_embeddings\.vision_encoder\.vision_model"
+
+
+@dataclass
+class NevaNemoConversion:
+    dst: Path
+    weights: str
+    notes: list[str] = field(default_factory=list)
+
+
+def split_gqa_qkv(tensor: torch.Tensor, num_heads: int, num_groups: int) -> tuple[torch.Tensor, ...]:
+    """Megatron's fused QKV, per query group `[q x heads/groups, k, v]` (head_dim rows each), as LLaMA's q, k, v."""
+    per_group = num_heads // num_groups
+    head_dim = tensor.shape[0] // (num_groups * (per_group + 2))
+    grouped = tensor.reshape(num_groups, per_group + 2, head_dim, *tensor.shape[1:])
+    rest = tensor.shape[1:]
+    return (
+        grouped[:, :per_group].reshape(num_groups * per_group * head_dim, *rest).contiguous(),
+        grouped[:, per_group].reshape(num_groups * head_dim, *rest).contiguous(),
+        grouped[:, per_group + 1].reshape(num_groups * head_dim, *rest).contiguous(),
+    )
+
+
+def split_swiglu(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    gate, up = tensor.chunk(2, dim=0)
+    return gate.contiguous(), up.contiguous()
+
+
+def merge_swiglu_shards(shards: list[torch.Tensor]) -> torch.Tensor:
+    halves = [shard.chunk(2, dim=0) for shard in shards]
+    return torch.cat([gate for gate, _ in halves] + [up for _, up in halves], dim=0)
+
+
+class NevaShards(TensorParallelShards):
+    """TP shards merged on read, with the SwiGLU fc1 rule on top of column/row/replicated."""
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        rule = next((rule for pattern, rule in self.tp_rules if pattern.fullmatch(key)), REPLICATED)
+        if rule == SWIGLU and len(self.shards) > 1:
+            return merge_swiglu_shards([shard[key] for shard in self.shards])
+        return super().__getitem__(key)
+
+
+def gpt_rules(text: LlamaConfig, vocab_size: int) -> dict[str, tuple]:
+    """regex -> (target(s), transform, TP rule) for a Megatron GPT (LLaMA-style), megatron-core and legacy names."""
+    heads, groups = text.num_attention_heads, text.num_key_value_heads
+    qkv = ("model.language_model.layers.{0}.self_attn.q_proj.weight", "model.language_model.layers.{0}.self_attn.k_proj.weight",
+           "model.language_model.layers.{0}.self_attn.v_proj.weight")  # fmt: skip
+    fc1 = (
+        "model.language_model.layers.{0}.mlp.gate_proj.weight",
+        "model.language_model.layers.{0}.mlp.up_proj.weight",
+    )
+    layer = "model.language_model.layers.{0}."
+
+    def trim(tensor):
+        return trim_vocab_padding(tensor, vocab_size)
+
+    def fused(tensor):
+        return split_gqa_qkv(tensor, heads, groups)
+
+    rules = {}
+    for src, (block, attention, qkv_name, proj, fc1_name, fc2, ln1, ln2, final, out) in {
+        "": ("decoder.layers", "self_attention", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2",
+             "input_layernorm", "pre_mlp_layernorm", "decoder.final_layernorm", "output_layer"),
+        "language_model.": ("encoder.layers", "self_attention", "query_key_value", "dense", "dense_h_to_4h",
+                            "dense_4h_to_h", "input_layernorm", "post_attention_layernorm", "encoder.final_layernorm",
+                            "output_layer"),
+    }.items():  # fmt: skip
+        p = re.escape(src)
+        b = rf"{p}{re.escape(block)}\.(\d+)\."
+        rules |= {
+            rf"{p}embedding\.word_embeddings\.weight": ("model.language_model.embed_tokens.weight", trim, COLUMN),
+            rf"{b}{attention}\.{qkv_name}\.weight": (qkv, fused, COLUMN),
+            rf"{b}{attention}\.{proj}\.weight": (layer + "self_attn.o_proj.weight", same, ROW),
+            rf"{b}mlp\.{fc1_name}\.weight": (fc1, split_swiglu, SWIGLU),
+            rf"{b}mlp\.{fc2}\.weight": (layer + "mlp.down_proj.weight", same, ROW),
+            rf"{b}{ln1}\.weight": (layer + "input_layernorm.weight", same, REPLICATED),
+            rf"{b}{ln2}\.weight": (layer + "post_attention_layernorm.weight", same, REPLICATED),
+            rf"{p}{re.escape(final)}\.weight": ("model.language_model.norm.weight", same, REPLICATED),
+            rf"{p}{out}\.weight": ("lm_head.weight", trim, COLUMN),
+            rf"{p}rotary_pos_emb\.inv_freq": None,
+            # Transformer Engine names: the norms fused into the following linear layer
+            rf"{b}{attention}\.{qkv_name}\.layer_norm_weight": (layer + "input_layernorm.weight", same, REPLICATED),
+            rf"{b}mlp\.{fc1_name}\.layer_norm_weight": (layer + "post_attention_layernorm.weight", same, REPLICATED),
+            # the NeVA parts inside the word-embedding module
+            rf"{p}{ADAPTER}\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same, REPLICATED),
+            rf"{p}{ADAPTER}\.0\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same, REPLICATED),
+            rf"{p}{ADAPTER}\.2\.(weight|bias)": ("model.multi_modal_projector.linear_2.{0}", same, REPLICATED),
+            rf"{p}{TOWER}\.(.+)": ("model.vision_tower.{0}", same, REPLICATED),
+        }
+    return rules
+
+
+def _get(cfg: Mapping, key: str, default=None):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def text_config_from_nemo(cfg: Mapping, source: str) -> LlamaConfig:
+    """transformers' LLaMA config of a NeMo 1 Megatron GPT section; what LLaMA cannot hold is refused, named."""
+    normalization = cfg.get("normalization", "layernorm")
+    if normalization != "rmsnorm":
+        raise CheckpointError(
+            f"{source}: normalization={normalization!r}: NVGPT-style LayerNorm (layernorm1p) language models have no "
+            "exact transformers LLaMA equivalent; only rmsnorm (LLaMA) language models are converted."
+        )
+    if float(cfg.get("rotary_percentage", 1.0)) != 1.0:
+        raise CheckpointError(f"{source}: rotary_percentage={cfg['rotary_percentage']} (partial rotary) is not LLaMA.")
+    if cfg.get("activation", "fast-swiglu") not in ("swiglu", "fast-swiglu"):
+        raise CheckpointError(f"{source}: activation={cfg['activation']!r}; LLaMA needs swiglu.")
+    if cfg.get("bias", False):
+        raise CheckpointError(f"{source}: bias=True; LLaMA's linear layers have no biases.")
+    if cfg.get("share_embeddings_and_output_weights", False):
+        raise CheckpointError(f"{source}: tied input/output embeddings are not supported for NeVA's LLaMA.")
+    if cfg.get("megatron_legacy", False):
+        raise CheckpointError(f"{source}: megatron_legacy=True QKV layout is not supported for GPT language models.")
+    if cfg.get("seq_len_interpolation_factor") not in (None, 1, 1.0):
+        raise CheckpointError(f"{source}: seq_len_interpolation_factor (RoPE scaling) is not supported yet.")
+    heads = cfg["num_attention_heads"]
+    return LlamaConfig(
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["ffn_hidden_size"],
+        num_hidden_layers=cfg["num_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=cfg.get("num_query_groups") or heads,
+        rms_norm_eps=float(cfg.get("layernorm_epsilon", 1e-5)),
+        max_position_embeddings=cfg.get("max_position_embeddings") or cfg.get("encoder_seq_length", 4096),
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.get("rotary_base", 10000.0))},
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+    )
+
+
+def _tokenizer(llm: Path | None, tokenizer: Path | None, source: str):
+    for folder in (tokenizer, llm):
+        if folder is not None and folder.is_dir() and any(folder.glob("tokenizer*")):
+            return AutoTokenizer.from_pretrained(folder)
+    raise CheckpointError(
+        f"{source}: no transformers tokenizer: give --tokenizer (a folder with the language model's tokenizer) or a "
+        "transformers --llm folder."
+    )
+
+
+def convert_nemo_neva_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    llm: str | Path | None = None,
+    vision: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    force: bool = False,
+    max_shard_size: str = "5GB",
+) -> NevaNemoConversion:
+    """
+    Converts a NeMo 1 NeVA checkpoint (`.nemo` tar or folder; `model_weights.ckpt`, `mp_rank_XX/`,
+    `tp_rank_XX_pp_rank_YYY/` or `model_weights/` torch_dist) into an hfmm NeVA folder.
+
+    Args:
+        src: the NeVA checkpoint.
+        dst: output folder; appears only once complete.
+        llm: the language model when `src` lacks it (stage 1, or frozen): a NeMo GPT checkpoint or a transformers
+            causal-LM folder.
+        vision: a transformers CLIP folder: the tower's config always, its weights when `src` lacks them.
+        tokenizer: a transformers tokenizer folder, unless `llm` is a transformers folder with one.
+        force: replace an existing `dst`.
+        max_shard_size: weights above this size are split into shards.
+    """
+    check_destination(dst, force)
+    llm, vision, tokenizer = (Path(p) if p is not None else None for p in (llm, vision, tokenizer))
+    notes: list[str] = []
+    with open_nemo_checkpoint(src) as checkpoint:
+        if checkpoint.nemo_version != 1:
+            raise CheckpointError(f"{src}: NeMo 2 NeVA checkpoints are not supported yet (NeMo 1 .nemo only).")
+        cfg = checkpoint.config
+        mm = cfg.get("mm_cfg")
+        if not isinstance(mm, Mapping):
+            raise CheckpointError(f"{src}: model_config.yaml has no mm_cfg section: not a NeVA checkpoint.")
+        if cfg.get("peft") or any("adapter_layer.lora" in key for key in checkpoint.shards[0]):
+            raise CheckpointError(f"{src}: a LoRA NeVA checkpoint; merging LoRA adapters is not supported yet.")
+        if vision is None:
+            raise CheckpointError(
+                f"{src}: give --vision (a transformers CLIP folder): NeMo records only the tower's name "
+                f"({_get(mm, 'vision_encoder.from_pretrained', 'unknown')}), not its architecture."
+            )
+        if not _get(mm, "vision_encoder.from_hf", True):
+            raise CheckpointError(f"{src}: a NeMo CLIP vision tower (from_hf: false) is not supported yet.")
+        text_config = text_config_from_nemo(cfg, str(src))
+        hf_tokenizer = _tokenizer(llm, tokenizer, str(src))
+        text_config.vocab_size = len(hf_tokenizer)
+        projector_type = mm.get("mm_mlp_adapter_type", "linear")
+        if projector_type not in ("linear", "mlp2x_gelu"):
+            raise CheckpointError(f"{src}: mm_mlp_adapter_type={projector_type!r} has no NeVA equivalent yet.")
+        vision_config = AutoConfig.from_pretrained(vision)
+        vision_config = getattr(vision_config, "vision_config", vision_config)
+        start_end = {}
+        if mm.get("use_im_start_end", False):
+            ids = hf_tokenizer.convert_tokens_to_ids(["<extra_id_4>", "<extra_id_5>"])
+            if hf_tokenizer.unk_token_id in ids or None in ids:
+                raise CheckpointError(f"{src}: use_im_start_end needs <extra_id_4>/<extra_id_5> in the tokenizer.")
+            start_end = {"use_im_start_end": True, "im_start_token_id": ids[0], "im_end_token_id": ids[1]}
+        config = NevaConfig(
+            vision_config=vision_config.to_dict(),
+            text_config=text_config.to_dict(),
+            projector_type=projector_type,
+            vision_feature_layer=_get(mm, "vision_encoder.vision_select_layer", -2),
+            image_token_id=len(hf_tokenizer),  # the <image> token added below
+            conv_template=template if (template := _get(cfg, "data.conv_template")) in CHAT_TEMPLATES else None,
+            **start_end,
+        )
+        rules = gpt_rules(text_config, len(hf_tokenizer))
+        key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo NeVA")
+        tp_rules = {p: r[2] for p, r in rules.items() if r is not None}
+        converted = _convert_all(checkpoint.shards, rules, key_map, tp_rules)
+        weights_note = checkpoint.weights
+    has_llm = "model.language_model.embed_tokens.weight" in converted
+    has_tower = any(key.startswith("model.vision_tower.") for key in converted)
+    if not has_llm:
+        if llm is None:
+            raise CheckpointError(
+                f"{src} does not carry the language model (it was frozen when saved): give --llm (a NeMo GPT "
+                "checkpoint or a transformers causal-LM folder)."
+            )
+        converted.update(_llm_parts(llm, text_config, len(hf_tokenizer)))
+        notes.append(f"language model from {llm}")
+    if not has_tower:
+        converted.update(_renamed(read_weights(vision), VISION_PART_KEYS))
+        notes.append(f"vision tower from {vision}")
+    identity = KeyMap({r"(.+)": ("{0}", same)}, source="assembled NeVA")
+    model = build_model(NevaForConditionalGeneration, config, converted, identity)
+    _add_image_token(model, hf_tokenizer, notes)
+    processor = NevaProcessor.from_model_config(model.config, _image_processor(vision, pad=False), hf_tokenizer)
+    with atomic_output_dir(dst, force=force) as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        processor.save_pretrained(tmp)
+    return NevaNemoConversion(Path(dst), weights_note, notes)
+
+
+def _convert_all(shards, rules, key_map: KeyMap, tp_rules) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, TP-merged and transformed, under NeVA names."""
+    merged = NevaShards(shards, tp_rules)
+    out = {}
+    for key, (targets, transform) in key_map.plan(merged.keys()).items():
+        values = transform(merged[key])
+        for target, value in zip(targets, values if isinstance(values, tuple) else (values,)):
+            out[target] = value
+    return out
+
+
+def _llm_parts(llm: Path, text_config: LlamaConfig, vocab_size: int) -> dict[str, torch.Tensor]:
+    if llm.suffix == ".nemo" or (llm / "model_config.yaml").is_file():
+        with open_nemo_checkpoint(llm) as checkpoint:
+            rules = gpt_rules(text_config, vocab_size)
+            key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo GPT (--llm)")
+            tp_rules = {p: r[2] for p, r in rules.items() if r is not None}
+            return _convert_all(checkpoint.shards, rules, key_map, tp_rules)
+    if not (llm / "config.json").is_file():
+        raise CheckpointError(f"--llm {llm}: neither a NeMo GPT checkpoint nor a transformers causal-LM folder.")
+    return _renamed(read_weights(llm), LLM_PART_KEYS)

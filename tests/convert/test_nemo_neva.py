@@ -1,0 +1,117 @@
+"""convert/nemo_neva_to_hfmm.py against real megatron-core GPT language models (CPU, gloo, TP 1 and 2).
+
+`nemo_neva_megatron.py` builds NeMo's NeVA from megatron-core 0.16.1's `GPTModel` (GQA and MHA, RMSNorm, SwiGLU,
+RoPE) with a transformers CLIP tower and a linear or MLP projector, saves it as NeMo 1 `.nemo` folders (megatron-core
+and legacy names; `model_weights.ckpt` and `mp_rank_XX/`; a stage-1 file with only the projector), and records
+megatron's own logits on the merged embeddings and its 20 greedy tokens. The converted hfmm NeVA must give the same
+logits (≤ 1e-5) and the same 20 greedy tokens.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfmm import NevaForConditionalGeneration
+from hfmm.conversion.checkpoints import CheckpointError
+from hfmm.conversion.nemo_neva import convert_nemo_neva_checkpoint, split_gqa_qkv
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE.parents[1] / "convert" / "nemo_neva_to_hfmm.py"
+
+
+@pytest.fixture(scope="module")
+def megatron(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("neva_megatron")
+    run = subprocess.run(
+        [sys.executable, str(HERE / "nemo_neva_megatron.py"), str(out)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return out
+
+
+def hfmm_logits(folder: Path, reference: dict) -> tuple[torch.Tensor, NevaForConditionalGeneration, torch.Tensor]:
+    model = NevaForConditionalGeneration.from_pretrained(folder).eval()
+    ids = reference["ids"].clone()
+    ids[0, reference["positions"]] = model.config.image_token_id
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=reference["pixels"]).logits
+    return logits, model, ids
+
+
+def check_against_megatron(folder: Path, reference: dict) -> None:
+    logits, model, ids = hfmm_logits(folder, reference)
+    theirs = reference["logits"]
+    vocab = logits.shape[-1] if logits.shape[-1] < theirs.shape[-1] else theirs.shape[-1]
+    original = min(vocab, model.config.image_token_id)  # rows past the tokenizer: NeMo's padding / new tokens
+    assert (logits[..., :original] - theirs[..., :original]).abs().max() <= 1e-5
+    # 20 greedy tokens (KV cache), over the tokenizer's ids as megatron's reference
+    suppress = list(range(original, model.config.text_config.vocab_size))
+    greedy = model.generate(input_ids=ids, pixel_values=reference["pixels"], max_new_tokens=20, min_new_tokens=20,
+                            do_sample=False, suppress_tokens=suppress)  # fmt: skip
+    assert torch.equal(greedy[:, ids.shape[1] :], reference["greedy"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tp1_gqa_linear", "tp2_mha_mlp"])
+def test_nemo_neva_matches_megatron(megatron, tmp_path, name):
+    variant = megatron / name
+    reference = torch.load(variant / "reference.pt", weights_only=True)
+    result = convert_nemo_neva_checkpoint(
+        variant / "nemo", tmp_path / "neva", vision=variant / "clip", tokenizer=variant / "tokenizer"
+    )
+    assert "TP=2" in result.weights if name.startswith("tp2") else result.weights == "model_weights.ckpt"
+    check_against_megatron(tmp_path / "neva", reference)
+    model = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva")
+    assert model.config.projector_type == ("linear" if "linear" in name else "mlp2x_gelu")
+    assert model.config.use_im_start_end == (name == "tp2_mha_mlp")
+    assert model.config.conv_template == "llama_2"
+
+
+@pytest.mark.slow
+def test_stage1_projector_file_with_llm_and_vision(megatron, tmp_path):
+    variant = megatron / "tp2_gqa_stage1"
+    reference = torch.load(variant / "reference.pt", weights_only=True)
+    with pytest.raises(CheckpointError, match="does not carry the language model.*--llm"):
+        convert_nemo_neva_checkpoint(variant / "nemo", tmp_path / "neva", vision=variant / "clip",
+                                     tokenizer=variant / "tokenizer")  # fmt: skip
+    assert not (tmp_path / "neva").exists()
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), str(variant / "nemo"), str(tmp_path / "neva"), "--llm", str(variant / "gpt"),
+         "--vision", str(variant / "clip"), "--tokenizer", str(variant / "tokenizer")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    check_against_megatron(tmp_path / "neva", reference)
+
+
+def test_missing_vision_and_refused_language_models_are_clear_errors(tmp_path):
+    from nemo_neva_megatron import nemo_config, save
+
+    config = nemo_config(dict(tp=1, groups=2, projector="linear", names="mcore", parts=("projector",), im=False))
+    save(tmp_path / "nemo", config, {"model.embedding.word_embeddings.adapter_layer.mm_projector_adapter."
+                                     "mm_projector.weight": torch.zeros(64, 32)}, 1, 0)  # fmt: skip
+    with pytest.raises(CheckpointError, match="--vision"):
+        convert_nemo_neva_checkpoint(tmp_path / "nemo", tmp_path / "out")
+    nvgpt = {**config, "normalization": "layernorm1p", "rotary_percentage": 0.5}
+    save(tmp_path / "nvgpt", nvgpt, {}, 1, 0)
+    with pytest.raises(CheckpointError, match="layernorm1p"):
+        convert_nemo_neva_checkpoint(tmp_path / "nvgpt", tmp_path / "out", vision=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_gqa_split_undoes_megatrons_per_group_interleave():
+    heads, groups, head_dim = 4, 2, 3
+    q = torch.arange(heads * head_dim).float().reshape(heads * head_dim, 1)
+    k, v = (
+        -torch.arange(groups * head_dim).float().reshape(-1, 1) - 1,
+        100 + torch.arange(groups * head_dim).float().reshape(-1, 1),
+    )
+    fused = []
+    for g in range(groups):  # [q_g0, q_g1, k_g, v_g] per group
+        fused += [q[(2 * g + h) * head_dim : (2 * g + h + 1) * head_dim] for h in range(2)]
+        fused += [k[g * head_dim : (g + 1) * head_dim], v[g * head_dim : (g + 1) * head_dim]]
+    out = split_gqa_qkv(torch.cat(fused), heads, groups)
+    assert torch.equal(out[0], q) and torch.equal(out[1], k) and torch.equal(out[2], v)
