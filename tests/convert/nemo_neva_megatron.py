@@ -11,6 +11,9 @@ gloo, a seeded CLIP tower and projector, and writes:
   pickles them (`model.` + megatron-core or legacy names), holding the parts the variant keeps (NeMo drops frozen
   parts);
 - `<name>/clip/`: the tower as a transformers CLIP folder (what `--vision` names);
+- `<name>/dist/` (variants with `dist`): the same NeVA as NeMo 1 saves megatron-core models, `model_config.yaml` +
+  `model_weights/` written by megatron-core's `dist_checkpointing.save` (format `torch_dist`, layers stacked, Transformer
+  Engine names), the projector added as replicated `ShardedTensor`s;
 - `<name>/gpt/` (variants with `gpt_only`): the language model alone as a NeMo GPT checkpoint (what `--llm` names);
 - `<name>/reference.pt`: input ids, pixels, megatron-core's own logits on the merged embeddings and its 20 greedy
   tokens (argmax over the tokenizer's ids, the prompt recomputed at each step).
@@ -38,6 +41,8 @@ VARIANTS = {
     "tp1_gqa_linear": dict(tp=1, groups=2, projector="linear", names="mcore", parts=("llm", "projector"), im=False),
     "tp2_mha_mlp": dict(tp=2, groups=4, projector="mlp2x_gelu", names="legacy", parts=("llm", "projector", "vision"),
                         im=True),
+    "tp2_gqa_dist": dict(tp=2, groups=2, projector="mlp2x_gelu", names="mcore", parts=("llm", "projector"), im=False,
+                         dist=True),
     "tp2_gqa_stage1": dict(tp=2, groups=2, projector="mlp2x_gelu", names="mcore", parts=("projector",), im=False,
                            gpt_only=True),
 }  # fmt: skip
@@ -191,11 +196,27 @@ def save(folder: Path, config: dict, state: dict, tp: int, tp_rank: int) -> None
     torch.save(state, path)
 
 
+def save_distributed(folder: Path, config: dict, gpt, projector, tp_rank: int) -> None:
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    if dist.get_rank() == 0:
+        (folder / "model_weights").mkdir(parents=True, exist_ok=True)
+        (folder / "model_config.yaml").write_text(yaml.safe_dump(config))
+    dist.barrier()
+    sharded = gpt.sharded_state_dict(prefix="model.")
+    for key, value in projector.state_dict().items():
+        name = f"model.{ADAPTER}.{key}"
+        sharded[name] = ShardedTensor.from_rank_offsets(name, value.detach().clone(), replica_id=tp_rank)
+    dist_checkpointing.save(sharded, str(folder / "model_weights"))
+
+
 def worker(rank: int, world_size: int, port: int, out: str) -> None:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     torch.cuda.current_device = lambda: torch.device("cpu")
+    torch.cuda.synchronize = lambda *args, **kwargs: None  # dist_checkpointing.save on CPU
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     for tp in (2, 1):
@@ -227,6 +248,8 @@ def worker(rank: int, world_size: int, port: int, out: str) -> None:
                 if spec.get("gpt_only"):
                     gpt_config = {k: v for k, v in nemo_config(spec).items() if k not in ("mm_cfg", "data")}
                     save(root / "gpt", gpt_config, nemo_state(spec, gpt, tower, projector, ("llm",)), tp, tp_rank)
+            if spec.get("dist"):
+                save_distributed(root / "dist", nemo_config(spec), gpt, projector, tp_rank)
             if rank == 0:
                 tower.save_pretrained(root / "clip")
                 tiny_image_processor().save_pretrained(root / "clip")

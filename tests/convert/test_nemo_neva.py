@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nemo_fixtures import pack_nemo
 
 from hfmm import NevaForConditionalGeneration
 from hfmm.conversion.checkpoints import CheckpointError
@@ -55,14 +56,22 @@ def check_against_megatron(folder: Path, reference: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tp1_gqa_linear", "tp2_mha_mlp"])
-def test_nemo_neva_matches_megatron(megatron, tmp_path, name):
+@pytest.mark.parametrize(
+    "name, layout",
+    [("tp1_gqa_linear", "nemo.tar.gz"), ("tp2_mha_mlp", "nemo"), ("tp2_gqa_dist", "nemo"), ("tp2_gqa_dist", "dist")],
+)
+def test_nemo_neva_matches_megatron(megatron, tmp_path, name, layout):
     variant = megatron / name
     reference = torch.load(variant / "reference.pt", weights_only=True)
+    src = variant / layout
+    if layout == "nemo.tar.gz":  # a gzip .nemo archive, as NeMo before 1.7 wrote them
+        src = pack_nemo(variant / "nemo", tmp_path / "neva.nemo", gzip=True)
+        layout = "nemo"
     result = convert_nemo_neva_checkpoint(
-        variant / "nemo", tmp_path / "neva", vision=variant / "clip", tokenizer=variant / "tokenizer"
+        src, tmp_path / "neva", vision=variant / "clip", tokenizer=variant / "tokenizer"
     )
-    assert "TP=2" in result.weights if name.startswith("tp2") else result.weights == "model_weights.ckpt"
+    expected = {"nemo": "TP=2" if name.startswith("tp2") else "model_weights.ckpt", "dist": "torch_dist"}[layout]
+    assert expected in result.weights
     check_against_megatron(tmp_path / "neva", reference)
     model = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva")
     assert model.config.projector_type == ("linear" if "linear" in name else "mlp2x_gelu")
