@@ -1,4 +1,4 @@
-"""Convert a NeMo 1 NeVA checkpoint into an hfmm NeVA folder.
+"""Convert a NeMo NeVA checkpoint (NeMo 1 `.nemo`, or a NeMo 2 folder) into an hfmm NeVA folder.
 
     python convert/nemo_neva_to_hfmm.py SRC DST --vision CLIP [--llm LLM] [--tokenizer TOK] [--force]
 
@@ -12,8 +12,10 @@ mlp2x_gelu) and the HF CLIP tower keep their weights. NeVA files usually hold on
   --llm     the language model when SRC lacks it (stage 1): a NeMo GPT checkpoint or a transformers causal-LM folder;
   --tokenizer  a transformers tokenizer folder (else --llm's).
 The NeVA gets an `<image>` special token (embeddings resized to a multiple of 64). NVGPT language models (layernorm1p,
-partial rotary) have no exact transformers LLaMA equivalent and are refused, as are LoRA files and NeMo 2 NeVAs (not
-yet). DST appears only once complete; an existing DST needs --force.
+partial rotary) have no exact transformers LLaMA equivalent and are refused, as are LoRA files (not yet).
+NeMo 2 (`context/model.yaml` + `weights/` torch_dist, megatron-core `LLaVAModel` keys): every part is in the
+checkpoint; a megatron-core CLIP ViT tower becomes a transformers CLIP tower (its config from model.yaml), an HF CLIP
+tower takes its config from --vision; give --tokenizer. DST appears only once complete; an existing DST needs --force.
 """
 
 import argparse

@@ -124,3 +124,29 @@ def test_gqa_split_undoes_megatrons_per_group_interleave():
         fused += [k[g * head_dim : (g + 1) * head_dim], v[g * head_dim : (g + 1) * head_dim]]
     out = split_gqa_qkv(torch.cat(fused), heads, groups)
     assert torch.equal(out[0], q) and torch.equal(out[1], k) and torch.equal(out[2], v)
+
+
+@pytest.mark.slow
+def test_nemo2_neva_matches_megatron_llava_model(tmp_path):
+    """NeMo 2: megatron-core's `LLaVAModel` (CLIP ViT, MLP projector, LLaMA-style GPT) at TP=2, saved as `weights/`
+    (torch_dist) + `context/model.yaml`; its own forward (one image token expanded inside the model) is the truth."""
+    out = tmp_path / "megatron"
+    run = subprocess.run(
+        [sys.executable, str(HERE / "nemo2_neva_megatron.py"), str(out)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = convert_nemo_neva_checkpoint(out / "nemo2", tmp_path / "neva", tokenizer=out / "tokenizer")
+    assert "torch_dist" in result.weights
+    model = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva").eval()
+    reference = torch.load(out / "reference.pt", weights_only=True)
+    ids = reference["ids"].clone()
+    ids[ids == -1] = model.config.image_token_id
+    original = model.config.image_token_id
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=reference["pixels"]).logits
+    assert (logits[..., :original] - reference["logits"][..., :original]).abs().max() <= 1e-5
+    suppress = list(range(original, model.config.text_config.vocab_size))
+    greedy = model.generate(input_ids=ids, pixel_values=reference["pixels"], max_new_tokens=20, min_new_tokens=20,
+                            do_sample=False, suppress_tokens=suppress)  # fmt: skip
+    assert torch.equal(greedy[:, ids.shape[1] :], reference["greedy"])
+    assert model.config.vision_feature_layer == -1 and model.config.projector_type == "mlp2x_gelu"

@@ -89,13 +89,18 @@ def gpt_rules(text: LlamaConfig, vocab_size: int) -> dict[str, tuple]:
         return split_gqa_qkv(tensor, heads, groups)
 
     rules = {}
-    for src, (block, attention, qkv_name, proj, fc1_name, fc2, ln1, ln2, final, out) in {
-        "": ("decoder.layers", "self_attention", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2",
-             "input_layernorm", "pre_mlp_layernorm", "decoder.final_layernorm", "output_layer"),
-        "language_model.": ("encoder.layers", "self_attention", "query_key_value", "dense", "dense_h_to_4h",
-                            "dense_4h_to_h", "input_layernorm", "post_attention_layernorm", "encoder.final_layernorm",
-                            "output_layer"),
-    }.items():  # fmt: skip
+    variants = [
+        ("", ("decoder.layers", "self_attention", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2",
+              "input_layernorm", "pre_mlp_layernorm", "decoder.final_layernorm", "output_layer")),
+        ("language_model.", ("encoder.layers", "self_attention", "query_key_value", "dense", "dense_h_to_4h",
+                             "dense_4h_to_h", "input_layernorm", "post_attention_layernorm", "encoder.final_layernorm",
+                             "output_layer")),
+        # NeMo 2 (megatron-core LLaVAModel): megatron-core names under `language_model.`
+        ("language_model.", ("decoder.layers", "self_attention", "linear_qkv", "linear_proj", "linear_fc1",
+                             "linear_fc2", "input_layernorm", "pre_mlp_layernorm", "decoder.final_layernorm",
+                             "output_layer")),
+    ]  # fmt: skip
+    for src, (block, attention, qkv_name, proj, fc1_name, fc2, ln1, ln2, final, out) in variants:
         p = re.escape(src)
         b = rf"{p}{re.escape(block)}\.(\d+)\."
         rules |= {
@@ -119,6 +124,103 @@ def gpt_rules(text: LlamaConfig, vocab_size: int) -> dict[str, tuple]:
             rf"{p}{TOWER}\.(.+)": ("model.vision_tower.{0}", same, REPLICATED),
         }
     return rules
+
+
+def nemo2_part_rules(vision_heads: int | None) -> dict[str, tuple]:
+    """NeMo 2 (megatron-core `LLaVAModel`): the projector and the vision tower, megatron-core or HF CLIP."""
+    tower = "model.vision_tower."
+    layer = tower + "encoder.layers.{0}."
+    rules = {
+        r"vision_projection\.encoder\.linear_fc1\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same, COLUMN),
+        r"vision_projection\.encoder\.linear_fc2\.(weight|bias)": ("model.multi_modal_projector.linear_2.{0}", same, ROW),
+        r"vision_projection\.0\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same, REPLICATED),
+        r"vision_projection\.2\.(weight|bias)": ("model.multi_modal_projector.linear_2.{0}", same, REPLICATED),
+        r"vision_projection\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same, REPLICATED),
+        r"vision_model\.vision_model\.(.+)": (tower + "{0}", same, REPLICATED),  # NeMo 2's HF CLIP tower
+    }  # fmt: skip
+    if vision_heads is None:
+        return rules
+
+    def qkv(tensor):
+        return split_gqa_qkv(tensor, vision_heads, vision_heads)  # per head [q, k, v]
+
+    b = r"vision_model\.decoder\.layers\.(\d+)\."
+    names = tuple(layer + f"self_attn.{p}_proj.{{1}}" for p in "qkv")
+    return rules | {
+        r"vision_model\.conv1\.weight": (tower + "embeddings.patch_embedding.weight", same, REPLICATED),
+        r"vision_model\.position_embeddings\.weight": (tower + "embeddings.position_embedding.weight", same, REPLICATED),
+        r"vision_model\.class_token": (tower + "embeddings.class_embedding", class_embedding, REPLICATED),
+        r"vision_model\.ln_pre\.(weight|bias)": (tower + "pre_layrnorm.{0}", same, REPLICATED),
+        b + r"self_attention\.linear_qkv\.(weight|bias)": (names, qkv, COLUMN),
+        b + r"self_attention\.linear_proj\.weight": (layer + "self_attn.out_proj.weight", same, ROW),
+        b + r"self_attention\.linear_proj\.bias": (layer + "self_attn.out_proj.bias", same, REPLICATED),
+        b + r"input_layernorm\.(weight|bias)": (layer + "layer_norm1.{1}", same, REPLICATED),
+        b + r"self_attention\.linear_qkv\.layer_norm_(weight|bias)": (layer + "layer_norm1.{1}", same, REPLICATED),
+        b + r"pre_mlp_layernorm\.(weight|bias)": (layer + "layer_norm2.{1}", same, REPLICATED),
+        b + r"mlp\.linear_fc1\.layer_norm_(weight|bias)": (layer + "layer_norm2.{1}", same, REPLICATED),
+        b + r"mlp\.linear_fc1\.(weight|bias)": (layer + "mlp.fc1.{1}", same, COLUMN),
+        b + r"mlp\.linear_fc2\.weight": (layer + "mlp.fc2.weight", same, ROW),
+        b + r"mlp\.linear_fc2\.bias": (layer + "mlp.fc2.bias", same, REPLICATED),
+    }  # fmt: skip
+
+
+def class_embedding(tensor: torch.Tensor) -> torch.Tensor:
+    """megatron-core's `class_token` `[1, 1, h]` as CLIP's `class_embedding` `[h]` (one class token only)."""
+    if tensor.shape[:-1].numel() != 1:
+        raise CheckpointError(f"a ViT with {tensor.shape[:-1].numel()} class tokens has no transformers CLIP tower.")
+    return tensor.reshape(-1)
+
+
+def _target(value) -> str:
+    if isinstance(value, Mapping):
+        value = value.get("_target_", "")
+    return str(value).rsplit(".", 1)[-1]
+
+
+def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, str, int]:
+    """(LLaMA config kwargs, CLIPVisionConfig kwargs or None for an HF tower, projector type, feature layer) of
+    NeMo 2's `NevaConfig` in `context/model.yaml`."""
+    config = model_yaml.get("config") or {}
+    language, vision = config.get("language_transformer_config"), config.get("vision_transformer_config")
+    projection = config.get("vision_projection_config")
+    if not all(isinstance(part, Mapping) for part in (language, vision, projection)):
+        raise CheckpointError(f"{source}: context/model.yaml has no NeVA sub-configs (language/vision/projection).")
+    normalization = str(language.get("normalization", "LayerNorm")).lower()
+    text = {
+        "normalization": "rmsnorm" if normalization == "rmsnorm" else normalization,
+        "rotary_percentage": language.get("rotary_percent", 1.0),
+        "activation": "swiglu" if language.get("gated_linear_unit") and _target(language.get("activation_func")) == "silu"
+        else _target(language.get("activation_func")),
+        "bias": language.get("add_bias_linear", False),
+        "share_embeddings_and_output_weights": language.get("share_embeddings_and_output_weights", False),
+        "num_layers": language["num_layers"], "hidden_size": language["hidden_size"],
+        "ffn_hidden_size": language["ffn_hidden_size"], "num_attention_heads": language["num_attention_heads"],
+        "num_query_groups": language.get("num_query_groups"), "layernorm_epsilon": language.get("layernorm_epsilon", 1e-5),
+        "max_position_embeddings": language.get("seq_length", 4096), "rotary_base": language.get("rotary_base", 10000),
+    }  # fmt: skip
+    projector = {"mcore_mlp": "mlp2x_gelu", "mlp2x_gelu": "mlp2x_gelu", "linear": "linear"}.get(
+        projection.get("projector_type", "mlp2x_gelu")
+    )
+    if projector is None or (
+        projector == "mlp2x_gelu" and _target(projection.get("activation_func", "gelu")) != "gelu"
+    ):
+        raise CheckpointError(
+            f"{source}: vision projector {projection.get('projector_type')!r} has no NeVA equivalent."
+        )
+    if not config.get("drop_vision_class_token", True):
+        raise CheckpointError(f"{source}: drop_vision_class_token: false is not supported yet.")
+    vision_config = None
+    if not _target(vision).startswith("HFCLIPVision"):
+        if vision.get("vision_model_type", "clip") != "clip" or vision.get("class_token_len", 1) != 1:
+            raise CheckpointError(f"{source}: only CLIP ViT towers with one class token convert to a CLIP tower.")
+        activation = _target(vision.get("activation_func", "quick_gelu"))
+        vision_config = dict(
+            hidden_size=vision["hidden_size"], intermediate_size=vision["ffn_hidden_size"],
+            num_hidden_layers=vision["num_layers"], num_attention_heads=vision["num_attention_heads"],
+            patch_size=vision["patch_dim"], image_size=vision["img_h"], layer_norm_eps=vision.get("layernorm_epsilon", 1e-5),
+            hidden_act={"quick_gelu": "quick_gelu", "gelu": "gelu"}.get(activation, activation),
+        )  # fmt: skip
+    return text, vision_config, projector, int(config.get("vision_feature_layer", -2))
 
 
 def _get(cfg: Mapping, key: str, default=None):
@@ -204,8 +306,12 @@ def convert_nemo_neva_checkpoint(
     llm, vision, tokenizer = (Path(p) if p is not None else None for p in (llm, vision, tokenizer))
     notes: list[str] = []
     with open_nemo_checkpoint(src) as checkpoint:
-        if checkpoint.nemo_version != 1:
-            raise CheckpointError(f"{src}: NeMo 2 NeVA checkpoints are not supported yet (NeMo 1 .nemo only).")
+        if checkpoint.nemo_version == 2:
+            model, processor = _nemo2(checkpoint, vision, tokenizer or llm, str(src), notes)
+            with atomic_output_dir(dst, force=force) as tmp:
+                model.save_pretrained(tmp, max_shard_size=max_shard_size)
+                processor.save_pretrained(tmp)
+            return NevaNemoConversion(Path(dst), checkpoint.weights, notes)
         cfg = checkpoint.config
         mm = cfg.get("mm_cfg")
         if not isinstance(mm, Mapping):
@@ -291,3 +397,53 @@ def _llm_parts(llm: Path, text_config: LlamaConfig, vocab_size: int) -> dict[str
     if not (llm / "config.json").is_file():
         raise CheckpointError(f"--llm {llm}: neither a NeMo GPT checkpoint nor a transformers causal-LM folder.")
     return _renamed(read_weights(llm), LLM_PART_KEYS)
+
+
+def _nemo2(checkpoint, vision: Path | None, tokenizer: Path | None, source: str, notes: list[str]):
+    """A NeMo 2 NeVA (`weights/` torch_dist + `context/model.yaml`): every part is in the checkpoint."""
+    text_kwargs, vision_kwargs, projector, feature_layer = nemo2_configs(checkpoint.config, source)
+    text_config = text_config_from_nemo(text_kwargs, source)
+    hf_tokenizer = _tokenizer(None, tokenizer, source)
+    text_config.vocab_size = len(hf_tokenizer)
+    if vision_kwargs is None:  # NeMo 2's HF CLIP tower: its config comes from --vision
+        if vision is None:
+            raise CheckpointError(
+                f"{source}: the NeVA uses an HF CLIP tower; give --vision (its transformers folder)."
+            )
+        vision_config = AutoConfig.from_pretrained(vision)
+        vision_kwargs = getattr(vision_config, "vision_config", vision_config).to_dict()
+    else:
+        vision_kwargs = {"model_type": "clip_vision_model", **vision_kwargs}
+    config = NevaConfig(
+        vision_config=vision_kwargs,
+        text_config=text_config.to_dict(),
+        projector_type=projector,
+        vision_feature_layer=feature_layer,
+        image_token_id=len(hf_tokenizer),
+    )
+    mcore_tower = not any(key.startswith("vision_model.vision_model.") for key in checkpoint.shards[0])
+    rules = gpt_rules(text_config, len(hf_tokenizer)) | nemo2_part_rules(
+        config.vision_config.num_attention_heads if mcore_tower else None
+    )
+    key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo 2 NeVA")
+    tp_rules = {p: r[2] for p, r in rules.items() if r is not None}
+    converted = _convert_all(checkpoint.shards, rules, key_map, tp_rules)
+    if mcore_tower:  # megatron's ViT has no final LayerNorm; CLIP's post_layernorm is never used by NeVA's features
+        width = config.vision_config.hidden_size
+        converted["model.vision_tower.post_layernorm.weight"] = torch.ones(width)
+        converted["model.vision_tower.post_layernorm.bias"] = torch.zeros(width)
+        notes.append(
+            "megatron-core ViT tower: post_layernorm set to identity (unused: features come from a hidden state)"
+        )
+    identity = KeyMap({r"(.+)": ("{0}", same)}, source="assembled NeVA")
+    model = build_model(NevaForConditionalGeneration, config, converted, identity)
+    _add_image_token(model, hf_tokenizer, notes)
+    from transformers import CLIPImageProcessor
+
+    size = config.vision_config.image_size
+    image_processor = (
+        _image_processor(vision, pad=False)
+        if vision is not None
+        else CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    )
+    return model, NevaProcessor.from_model_config(model.config, image_processor, hf_tokenizer)
