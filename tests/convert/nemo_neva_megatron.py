@@ -14,6 +14,9 @@ gloo, a seeded CLIP tower and projector, and writes:
 - `<name>/dist/` (variants with `dist`): the same NeVA as NeMo 1 saves megatron-core models, `model_config.yaml` +
   `model_weights/` written by megatron-core's `dist_checkpointing.save` (format `torch_dist`, layers stacked, Transformer
   Engine names), the projector added as replicated `ShardedTensor`s;
+- variants with `lora`: NeMo's PEFT file (`peft.peft_scheme: lora`) holding the projector and
+  `lora_kqv_adapter.linear_in/linear_out` weights per layer (rank 4, alpha 8: scale 2), the base GPT in `gpt/`
+  without them, and the reference computed with the adapters merged (W_qkv + scale * linear_out @ linear_in);
 - `<name>/gpt/` (variants with `gpt_only`): the language model alone as a NeMo GPT checkpoint (what `--llm` names);
 - `<name>/reference.pt`: input ids, pixels, megatron-core's own logits on the merged embeddings and its 20 greedy
   tokens (argmax over the tokenizer's ids, the prompt recomputed at each step).
@@ -43,6 +46,8 @@ VARIANTS = {
                         im=True),
     "tp2_gqa_dist": dict(tp=2, groups=2, projector="mlp2x_gelu", names="mcore", parts=("llm", "projector"), im=False,
                          dist=True),
+    "tp1_lora": dict(tp=1, groups=2, projector="linear", names="mcore", parts=("projector",), im=False, gpt_only=True,
+                     lora=True),
     "tp2_gqa_stage1": dict(tp=2, groups=2, projector="mlp2x_gelu", names="mcore", parts=("projector",), im=False,
                            gpt_only=True),
 }  # fmt: skip
@@ -171,6 +176,25 @@ def nemo_state(spec: dict, gpt, tower, projector, parts) -> dict:
     return {f"model.{k}": v.clone() for k, v in state.items()}
 
 
+LORA_RANK, LORA_ALPHA = 4, 8
+
+
+def add_lora(gpt) -> dict:
+    """NeMo's LoRA on the fused QKV of every layer, merged into `gpt` in place; returns the adapter tensors as NeMo
+    names them."""
+    tensors = {}
+    generator = torch.Generator().manual_seed(11)
+    for index, layer in enumerate(gpt.decoder.layers):
+        weight = layer.self_attention.linear_qkv.weight
+        lora_in = torch.randn(LORA_RANK, weight.shape[1], generator=generator) * 0.1
+        lora_out = torch.randn(weight.shape[0], LORA_RANK, generator=generator) * 0.1
+        with torch.no_grad():
+            weight += (LORA_ALPHA / LORA_RANK) * lora_out @ lora_in
+        prefix = f"model.decoder.layers.{index}.self_attention.adapter_layer.lora_kqv_adapter"
+        tensors |= {f"{prefix}.linear_in.weight": lora_in, f"{prefix}.linear_out.weight": lora_out}
+    return tensors
+
+
 def nemo_config(spec: dict) -> dict:
     return {
         "mcore_gpt": spec["names"] == "mcore", "num_layers": LAYERS, "hidden_size": HIDDEN, "ffn_hidden_size": FFN,
@@ -185,6 +209,9 @@ def nemo_config(spec: dict) -> dict:
                                       "crop_size": [IMAGE, IMAGE], "freeze": "vision" not in spec["parts"]},
                    "mm_mlp_adapter_type": spec["projector"], "use_im_start_end": spec["im"]},
         "data": {"conv_template": "llama_2", "image_token_len": (IMAGE // PATCH) ** 2},
+        **({"peft": {"peft_scheme": "lora", "lora_tuning": {"adapter_dim": LORA_RANK, "alpha": LORA_ALPHA,
+                                                            "target_modules": ["attention_qkv"]}}}
+           if spec.get("lora") else {}),
     }  # fmt: skip
 
 
@@ -231,6 +258,8 @@ def worker(rank: int, world_size: int, port: int, out: str) -> None:
             randomise(gpt, tp_rank)
             tower, projector = build_parts(spec)
             ids, positions, pixels = inputs(spec)
+            base = nemo_state(spec, gpt, tower, projector, ("llm",))  # before any LoRA merge
+            lora = add_lora(gpt) if spec.get("lora") else {}
             logits = reference_logits(gpt, tower, projector, ids, positions, pixels)
             sequence = ids  # 20 greedy tokens over the tokenizer's ids, recomputing the whole prompt each step
             for _ in range(20):
@@ -241,13 +270,13 @@ def worker(rank: int, world_size: int, port: int, out: str) -> None:
                 save(
                     root / "nemo",
                     nemo_config(spec),
-                    nemo_state(spec, gpt, tower, projector, spec["parts"]),
+                    nemo_state(spec, gpt, tower, projector, spec["parts"]) | lora,
                     tp,
                     tp_rank,
                 )
                 if spec.get("gpt_only"):
                     gpt_config = {k: v for k, v in nemo_config(spec).items() if k not in ("mm_cfg", "data")}
-                    save(root / "gpt", gpt_config, nemo_state(spec, gpt, tower, projector, ("llm",)), tp, tp_rank)
+                    save(root / "gpt", gpt_config, base, tp, tp_rank)
             if spec.get("dist"):
                 save_distributed(root / "dist", nemo_config(spec), gpt, projector, tp_rank)
             if rank == 0:

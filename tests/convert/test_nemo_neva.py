@@ -42,6 +42,16 @@ def hfmm_logits(folder: Path, reference: dict) -> tuple[torch.Tensor, NevaForCon
     return logits, model, ids
 
 
+def greedy_tokens(model, ids, pixels, original: int) -> torch.Tensor:
+    """20 greedy tokens with the KV cache, over the tokenizer's ids and without stopping at end-of-sequence, as the
+    megatron reference decodes (it knows no EOS)."""
+    model.generation_config.eos_token_id = None
+    suppress = list(range(original, model.config.text_config.vocab_size))
+    return model.generate(
+        input_ids=ids, pixel_values=pixels, max_new_tokens=20, do_sample=False, suppress_tokens=suppress
+    )
+
+
 def check_against_megatron(folder: Path, reference: dict) -> None:
     logits, model, ids = hfmm_logits(folder, reference)
     theirs = reference["logits"]
@@ -49,9 +59,7 @@ def check_against_megatron(folder: Path, reference: dict) -> None:
     original = min(vocab, model.config.image_token_id)  # rows past the tokenizer: NeMo's padding / new tokens
     assert (logits[..., :original] - theirs[..., :original]).abs().max() <= 1e-5
     # 20 greedy tokens (KV cache), over the tokenizer's ids as megatron's reference
-    suppress = list(range(original, model.config.text_config.vocab_size))
-    greedy = model.generate(input_ids=ids, pixel_values=reference["pixels"], max_new_tokens=20, min_new_tokens=20,
-                            do_sample=False, suppress_tokens=suppress)  # fmt: skip
+    greedy = greedy_tokens(model, ids, reference["pixels"], original)
     assert torch.equal(greedy[:, ids.shape[1] :], reference["greedy"])
 
 
@@ -94,6 +102,25 @@ def test_stage1_projector_file_with_llm_and_vision(megatron, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     check_against_megatron(tmp_path / "neva", reference)
+
+
+@pytest.mark.slow
+def test_lora_file_is_merged_into_its_base(megatron, tmp_path):
+    """NeMo 1 PEFT (LoRA on the fused QKV, scale alpha/dim = 2) with its base GPT given as --llm; the reference is
+    megatron's forward with the adapters merged into the QKV weights."""
+    variant = megatron / "tp1_lora"
+    reference = torch.load(variant / "reference.pt", weights_only=True)
+    common = dict(vision=variant / "clip", tokenizer=variant / "tokenizer")
+    with pytest.raises(CheckpointError, match="LoRA adapters.*--llm"):
+        convert_nemo_neva_checkpoint(variant / "nemo", tmp_path / "neva", **common)
+    result = convert_nemo_neva_checkpoint(variant / "nemo", tmp_path / "neva", llm=variant / "gpt", **common)
+    assert any("merged LoRA adapters of 2 layers" in note for note in result.notes)
+    check_against_megatron(tmp_path / "neva", reference)
+    merged = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva")
+    base = torch.load(variant / "gpt" / "model_weights.ckpt", weights_only=True)
+    q_merged = merged.model.language_model.layers[0].self_attn.q_proj.weight
+    q_base = split_gqa_qkv(base["model.decoder.layers.0.self_attention.linear_qkv.weight"], 4, 2)[0]
+    assert (q_merged - q_base).abs().max() > 1e-2  # the adapters changed the weights
 
 
 def test_missing_vision_and_refused_language_models_are_clear_errors(tmp_path):
@@ -145,8 +172,6 @@ def test_nemo2_neva_matches_megatron_llava_model(tmp_path):
     with torch.no_grad():
         logits = model(input_ids=ids, pixel_values=reference["pixels"]).logits
     assert (logits[..., :original] - reference["logits"][..., :original]).abs().max() <= 1e-5
-    suppress = list(range(original, model.config.text_config.vocab_size))
-    greedy = model.generate(input_ids=ids, pixel_values=reference["pixels"], max_new_tokens=20, min_new_tokens=20,
-                            do_sample=False, suppress_tokens=suppress)  # fmt: skip
+    greedy = greedy_tokens(model, ids, reference["pixels"], original)
     assert torch.equal(greedy[:, ids.shape[1] :], reference["greedy"])
     assert model.config.vision_feature_layer == -1 and model.config.projector_type == "mlp2x_gelu"

@@ -122,6 +122,7 @@ def gpt_rules(text: LlamaConfig, vocab_size: int) -> dict[str, tuple]:
             rf"{p}{ADAPTER}\.0\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same, REPLICATED),
             rf"{p}{ADAPTER}\.2\.(weight|bias)": ("model.multi_modal_projector.linear_2.{0}", same, REPLICATED),
             rf"{p}{TOWER}\.(.+)": ("model.vision_tower.{0}", same, REPLICATED),
+            rf"{b}{attention}\.adapter_layer\.lora_kqv_adapter\.linear_(in|out)\.weight": None,  # merged apart
         }
     return rules
 
@@ -316,8 +317,12 @@ def convert_nemo_neva_checkpoint(
         mm = cfg.get("mm_cfg")
         if not isinstance(mm, Mapping):
             raise CheckpointError(f"{src}: model_config.yaml has no mm_cfg section: not a NeVA checkpoint.")
-        if cfg.get("peft") or any("adapter_layer.lora" in key for key in checkpoint.shards[0]):
-            raise CheckpointError(f"{src}: a LoRA NeVA checkpoint; merging LoRA adapters is not supported yet.")
+        lora = read_lora(checkpoint, str(src))
+        if lora and llm is None:
+            raise CheckpointError(
+                f"{src} holds LoRA adapters, which are merged into their base language model: give --llm (the base: "
+                "a NeMo GPT checkpoint or a transformers causal-LM folder)."
+            )
         if vision is None:
             raise CheckpointError(
                 f"{src}: give --vision (a transformers CLIP folder): NeMo records only the tower's name "
@@ -363,6 +368,9 @@ def convert_nemo_neva_checkpoint(
             )
         converted.update(_llm_parts(llm, text_config, len(hf_tokenizer)))
         notes.append(f"language model from {llm}")
+    if lora:
+        merge_lora(converted, lora, text_config)
+        notes.append(f"merged LoRA adapters of {len(lora)} layers into the language model")
     if not has_tower:
         converted.update(_renamed(read_weights(vision), VISION_PART_KEYS))
         notes.append(f"vision tower from {vision}")
@@ -374,6 +382,46 @@ def convert_nemo_neva_checkpoint(
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
     return NevaNemoConversion(Path(dst), weights_note, notes)
+
+
+_LORA_KEY = re.compile(
+    r"(?:language_model\.encoder|decoder)\.layers\.(\d+)\.self_attention\.adapter_layer\.lora_kqv_adapter\.linear_(in|out)\.weight"
+)
+
+
+def read_lora(checkpoint, source: str) -> dict[int, torch.Tensor]:
+    """NeMo 1 PEFT LoRA on the fused QKV: layer -> the merged delta `scale * linear_out @ linear_in` (fused layout)."""
+    found = {}
+    for key in checkpoint.shards[0]:
+        match = _LORA_KEY.fullmatch(key)
+        if match:
+            found.setdefault(int(match[1]), {})[match[2]] = key
+    other = [key for key in checkpoint.shards[0] if "adapter_layer.lora" in key and not _LORA_KEY.fullmatch(key)]
+    if other:
+        raise CheckpointError(f"{source}: LoRA on {other[0]!r}: only NeMo's default target (attention_qkv) is merged.")
+    if not found:
+        return {}
+    if len(checkpoint.shards) > 1:
+        raise CheckpointError(f"{source}: LoRA adapters saved with tensor parallelism > 1 are not supported yet.")
+    tuning = _get(checkpoint.config, "peft.lora_tuning", {}) or {}
+    first = next(iter(found.values()))
+    dim = checkpoint.shards[0][first["in"]].shape[0]
+    alpha = tuning.get("alpha", dim)  # NeMo's default alpha is the adapter dim: scale 1
+    scale = float(alpha) / dim
+    return {
+        layer: scale * checkpoint.shards[0][names["out"]].float() @ checkpoint.shards[0][names["in"]].float()
+        for layer, names in found.items()
+    }
+
+
+def merge_lora(converted: dict[str, torch.Tensor], lora: dict[int, torch.Tensor], text: LlamaConfig) -> None:
+    """Adds each layer's fused-QKV delta to LLaMA's q/k/v (split as the base weights are)."""
+    for layer, delta in lora.items():
+        for name, part in zip("qkv", split_gqa_qkv(delta, text.num_attention_heads, text.num_key_value_heads)):
+            key = f"model.language_model.layers.{layer}.self_attn.{name}_proj.weight"
+            if key not in converted or converted[key].shape != part.shape:
+                raise CheckpointError(f"LoRA of layer {layer} does not fit the base language model's {name}_proj.")
+            converted[key] = converted[key] + part.to(converted[key].dtype)
 
 
 def _convert_all(shards, rules, key_map: KeyMap, tp_rules) -> dict[str, torch.Tensor]:
