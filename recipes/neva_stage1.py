@@ -1,0 +1,62 @@
+"""NeVA stage 1, feature alignment: train only the projector on image-caption conversations (`plain` template).
+
+    accelerate launch recipes/neva_stage1.py --config recipes/neva/llama2_7b_stage1.yaml [--key value ...]
+
+Single process: `python recipes/neva_stage1.py --config recipes/neva/tiny_demo_stage1.yaml`. Every YAML key is a field
+of `NevaModelArguments`, `NevaDataArguments` or `transformers.TrainingArguments`; `--key value` overrides a key. The
+output folder gets `projector.safetensors` (stage 2's `pretrained_projector`) and a full loadable NeVA.
+"""
+
+import sys
+
+from transformers import TrainingArguments
+
+import hfmm  # noqa: F401  (registers hfmm's classes with the Auto classes)
+from hfmm.training.arguments import NevaDataArguments, NevaModelArguments, RecipeError, parse_recipe
+from hfmm.training.neva import NevaTrainer, load_neva, save_neva
+from hfmm.training.neva_data import NevaCollator, build_conversation_dataset
+
+
+def parse(argv: list[str]):
+    if "--config" not in argv:
+        raise RecipeError("usage: neva_stage1.py --config RECIPE.yaml [--key value ...]")
+    index = argv.index("--config")
+    config_file, overrides = argv[index + 1], argv[:index] + argv[index + 2 :]
+    return parse_recipe((NevaModelArguments, NevaDataArguments, TrainingArguments), config_file, overrides)
+
+
+def main(argv: list[str] | None = None, *, stage: int = 1) -> dict:
+    model_args, data_args, training_args = parse(sys.argv[1:] if argv is None else argv)
+    if stage == 1 and (not model_args.freeze_language_model or not model_args.freeze_vision_tower):
+        raise RecipeError(
+            "stage 1 trains only the projector: keep freeze_language_model and freeze_vision_tower true."
+        )
+    if stage == 2 and not model_args.freeze_vision_tower:
+        raise RecipeError("stage 2 keeps the vision tower frozen: freeze_vision_tower must stay true.")
+    training_args.remove_unused_columns = False  # the collator reads the transform's columns
+
+    model, processor = load_neva(model_args)
+    train_dataset = build_conversation_dataset(
+        data_args.train_data, processor, data_args.image_folder, data_args.model_max_length
+    )
+    collator = NevaCollator(processor.tokenizer.pad_token_id)
+    trainer = NevaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=collator,
+        processing_class=processor,
+        projector_lr=model_args.projector_lr,
+    )
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if any(collator.skipped.values()):
+        trainer.log({f"skipped_{reason}": float(count) for reason, count in collator.skipped.items()})
+    save_neva(trainer, processor, model_args, training_args.output_dir)
+    return {"train": result.metrics, "log_history": trainer.state.log_history, "skipped": dict(collator.skipped)}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RecipeError as error:
+        sys.exit(f"error: {error}")

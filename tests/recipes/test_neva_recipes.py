@@ -1,0 +1,130 @@
+"""NeVA recipes: stage 1 trains only the projector, stage 2 keeps the tower frozen, LoRA/QLoRA train what they say."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from neva_fixtures import tiny_image_processor, tiny_tokenizer
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+from hfmm import NevaForConditionalGeneration
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+COLOURS = {"red": (220, 20, 20), "green": (20, 180, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
+
+
+def recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("neva_parts")
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, image_size=28, patch_size=14))  # fmt: skip
+    tower.save_pretrained(root / "clip")
+    tiny_image_processor().save_pretrained(root / "clip")
+    tokenizer = tiny_tokenizer(image_token=False)
+    llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
+                                       pad_token_id=tokenizer.pad_token_id))  # fmt: skip
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    data = root / "data"
+    data.mkdir()
+    captions, questions = [], []
+    for index, (name, rgb) in enumerate(list(COLOURS.items()) * 4):
+        Image.new("RGB", (32, 32), rgb).save(data / f"{index}.png")
+        captions.append({"id": str(index), "image": f"{index}.png", "conversations": [
+            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": f"a {name} square"}]})  # fmt: skip
+        questions.append({"id": str(index), "image": f"{index}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the square?"}, {"from": "gpt", "value": name}]})  # fmt: skip
+    (data / "captions.json").write_text(json.dumps(captions))
+    (data / "questions.json").write_text(json.dumps(questions))
+    return root
+
+
+def common(out: Path) -> list[str]:
+    return ["--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--num_train_epochs", "1",
+            "--logging_steps", "1"]  # fmt: skip
+
+
+def stage1(parts: Path, out: Path) -> dict:
+    argv = ["--config", str(RECIPES / "neva" / "tiny_demo_stage1.yaml"), "--vision_tower", str(parts / "clip"),
+            "--language_model", str(parts / "llm"), "--train_data", str(parts / "data" / "captions.json"),
+            "--image_folder", str(parts / "data"), *common(out)]  # fmt: skip
+    return recipe("neva_stage1")(argv)
+
+
+def stage2(parts: Path, stage1_out: Path, out: Path, *extra: str) -> dict:
+    argv = ["--config", str(RECIPES / "neva" / "tiny_demo_stage2.yaml"), "--model_name_or_path", str(stage1_out),
+            "--pretrained_projector", str(stage1_out / "projector.safetensors"),
+            "--train_data", str(parts / "data" / "questions.json"), "--image_folder", str(parts / "data"),
+            *common(out), *extra]  # fmt: skip
+    return recipe("neva_stage2")(argv)
+
+
+def equal_states(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def stage1_out(parts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stage1")
+    result = stage1(parts, out)
+    assert len([e for e in result["log_history"] if "loss" in e]) == 2
+    return out
+
+
+def test_stage1_changes_only_the_projector(parts, stage1_out):
+    neva = NevaForConditionalGeneration.from_pretrained(stage1_out)
+    vision = CLIPVisionModel.from_pretrained(parts / "clip")
+    assert equal_states(neva.model.vision_tower.state_dict(), vision.state_dict())
+    llm = LlamaForCausalLM.from_pretrained(parts / "llm")
+    ours, theirs = neva.model.language_model.state_dict(), llm.model.state_dict()
+    rows = theirs["embed_tokens.weight"].shape[0]
+    assert ours["embed_tokens.weight"][:rows].equal(theirs["embed_tokens.weight"])
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs if k != "embed_tokens.weight")
+    assert neva.lm_head.weight[:rows].equal(llm.lm_head.weight)
+    projector = load_file(stage1_out / "projector.safetensors")
+    assert equal_states(projector, neva.model.multi_modal_projector.state_dict())
+
+
+def test_stage2_full_keeps_the_tower_and_trains_the_language_model(parts, stage1_out, tmp_path):
+    stage2(parts, stage1_out, tmp_path / "full")
+    before, after = (NevaForConditionalGeneration.from_pretrained(p) for p in (stage1_out, tmp_path / "full"))
+    assert equal_states(before.model.vision_tower.state_dict(), after.model.vision_tower.state_dict())
+    assert not torch.equal(before.model.language_model.layers[0].mlp.up_proj.weight,
+                           after.model.language_model.layers[0].mlp.up_proj.weight)  # fmt: skip
+
+
+def test_stage2_lora_trains_adapters_and_projector_only(parts, stage1_out, tmp_path):
+    from hfmm.training.arguments import LoraArguments, NevaModelArguments
+    from hfmm.training.neva import load_neva
+
+    model, _ = load_neva(NevaModelArguments(model_name_or_path=str(stage1_out), lora=LoraArguments(r=4, alpha=8)))
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name or "multi_modal_projector.modules_to_save" in name for name in trainable)
+    assert any("language_model.layers.0.self_attn.q_proj.lora_A" in name for name in trainable)
+    stage2(parts, stage1_out, tmp_path / "lora", "--lora.r", "4", "--lora.alpha", "8", "--projector_lr", "1e-4")
+    before, after = (NevaForConditionalGeneration.from_pretrained(p) for p in (stage1_out, tmp_path / "lora"))
+    assert equal_states(before.model.vision_tower.state_dict(), after.model.vision_tower.state_dict())
+    assert not equal_states(
+        before.model.multi_modal_projector.state_dict(), after.model.multi_modal_projector.state_dict()
+    )
+
+
+def test_stage2_qlora_runs_on_cpu(parts, stage1_out, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes (the `quant` extra) is not installed")
+    result = stage2(parts, stage1_out, tmp_path / "qlora", "--lora.r", "4", "--lora.alpha", "8",
+                    "--quantization.bnb_4bit_compute_dtype", "float32")  # fmt: skip
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in result["log_history"] if "loss" in e)
+    assert (tmp_path / "qlora" / "adapter" / "adapter_config.json").is_file()
