@@ -58,7 +58,7 @@ def verify(model: HfmmCLIPModel, native, config) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="hfmm CLIP folder")
+    parser.add_argument("src", help="hfmm CLIP or NeVA folder")
     parser.add_argument("dst", help="output folder")
     parser.add_argument("--force", action="store_true", help="replace an existing DST")
     parser.add_argument("--no-verify", action="store_true", help="skip the output comparison")

@@ -5,7 +5,9 @@ with `--llm` / `--vision`.
 The NeVA's parameter names are Llava's (v5 in-memory) names, so the maps below only undo the older layouts.
 """
 
+import copy
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +15,9 @@ import torch
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
+    AutoModelForCausalLM,
     AutoTokenizer,
+    CLIPVisionModel,
     LlavaConfig,
     LlavaForConditionalGeneration,
 )
@@ -28,6 +32,8 @@ from .key_maps import KeyMap, build_model, same
 
 VISION = r"(embeddings\.(?:class_embedding|patch_embedding\.weight|position_embedding\.weight)|(?:pre_layrnorm|post_layernorm)\.(?:weight|bias)|encoder\.layers\.\d+\..+)"
 PROJECTOR = r"(linear_[12]\.(?:weight|bias))"
+# Any key of the causal LM but the rotary `inv_freq` buffers old checkpoints carry (dropped), so no key has two rules.
+LANGUAGE_MODEL = r"((?!.*\.rotary_emb\.inv_freq$).+)"
 
 # transformers Llava folders: v5 in-memory names, what 5.x `save_pretrained` writes, and pre-4.52 Hub repos.
 LLAVA_KEYS = KeyMap(
@@ -37,8 +43,8 @@ LLAVA_KEYS = KeyMap(
         rf"vision_tower\.{VISION}": ("model.vision_tower.{0}", same),
         rf"model\.multi_modal_projector\.{PROJECTOR}": ("model.multi_modal_projector.{0}", same),
         rf"multi_modal_projector\.{PROJECTOR}": ("model.multi_modal_projector.{0}", same),
-        r"model\.language_model\.(.+)": ("model.language_model.{0}", same),
-        r"language_model\.model\.(.+)": ("model.language_model.{0}", same),
+        rf"model\.language_model\.{LANGUAGE_MODEL}": ("model.language_model.{0}", same),
+        rf"language_model\.model\.{LANGUAGE_MODEL}": ("model.language_model.{0}", same),
         r"lm_head\.weight": ("lm_head.weight", same),
         r"language_model\.lm_head\.weight": ("lm_head.weight", same),
         r"(?:model\.)?vision_tower\.(?:vision_model\.)?embeddings\.position_ids": None,
@@ -56,7 +62,10 @@ ORIGINAL_KEYS = KeyMap(
         r"model\.mm_projector\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same),
         rf"model\.vision_tower\.vision_tower\.vision_model\.{VISION}": ("model.vision_tower.{0}", same),
         r"model\.vision_tower\.vision_tower\.vision_model\.embeddings\.position_ids": None,
-        r"model\.(embed_tokens\.weight|norm\.weight|layers\.\d+\..+)": ("model.language_model.{0}", same),
+        r"model\.((?:embed_tokens|norm)\.weight|layers\.\d+\.(?!self_attn\.rotary_emb\.inv_freq$).+)": (
+            "model.language_model.{0}",
+            same,
+        ),
         r"lm_head\.weight": ("lm_head.weight", same),
         r".*\.rotary_emb\.inv_freq": None,
     },
@@ -75,14 +84,14 @@ VISION_PART_KEYS = KeyMap(
 )
 LLM_PART_KEYS = KeyMap(
     {
-        r"model\.(.+)": ("model.language_model.{0}", same),
+        rf"model\.{LANGUAGE_MODEL}": ("model.language_model.{0}", same),
         r"lm_head\.weight": ("lm_head.weight", same),
         r".*\.rotary_emb\.inv_freq": None,
     },
     source="transformers causal LM (--llm)",
 )
 
-ORIGINAL_MODEL_TYPES = ("llava_llama", "llava_mistral", "llava_mpt", "llava")
+ORIGINAL_MODEL_TYPES = ("llava_llama", "llava_mistral", "llava")
 IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"
 
 
@@ -167,31 +176,60 @@ def _renamed(state_dict: dict, key_map: KeyMap) -> dict:
 IDENTITY = KeyMap({r"(.+)": ("{0}", same)}, source="assembled NeVA")
 
 
+RESIZE_SEED = 0  # new embedding rows are drawn from this seed: a conversion is reproducible bit for bit
+
+
+def _rows_like(rows: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` draws from N(μ, 1e-5·Σ), μ and Σ the mean and covariance of `rows` (transformers' LLaVA converter)."""
+    rows64 = rows.double()
+    mean = rows64.mean(0)
+    centered = rows64 - mean
+    covariance = 1e-5 * centered.T @ centered / rows.shape[0]  # (hidden, hidden)
+    factor, info = torch.linalg.cholesky_ex(covariance)
+    if info.item() != 0:  # fewer rows than dimensions, or a degenerate matrix: the mean itself
+        return mean.expand(count, -1).to(rows.dtype).clone()
+    noise = torch.randn(count, rows.shape[1], generator=generator, dtype=torch.float64)
+    return (mean + noise @ factor.T).to(rows.dtype)
+
+
 def _add_image_token(model: NevaForConditionalGeneration, tokenizer, notes: list[str]) -> None:
-    """Adds `<image>` (and `<pad>`) as special tokens and resizes the embeddings as transformers' converter does:
-    to the new vocabulary padded to a multiple of 64, new rows drawn by transformers' `mean_resizing`
-    (N(mean, 1e-9·Σ) of the old rows; seeded). Those rows are conversion choices: `<image>`'s is always overwritten
-    by image features and `<pad>` is never attended to."""
-    added = tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    """
+    Adds `<image>` (and `<pad>` when the tokenizer has no pad token) as special tokens and resizes the embeddings as
+    transformers' LLaVA converter does: to the new vocabulary padded to a multiple of 64, every new row drawn from
+    N(μ, 1e-5·Σ) of the old rows, with a fixed seed (`RESIZE_SEED`). Unlike that converter, the new `lm_head` rows
+    are drawn from `lm_head`'s own rows (it uses the input embeddings' statistics for both), so a new token's logit
+    stays near an average token's. These rows are the conversion's choice: `<image>`'s input row is always replaced
+    by image features, and the padding rows are never produced by the tokenizer.
+    """
+    added = tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         added += tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     old = model.get_input_embeddings().num_embeddings
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=True)
-    model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)  # keeps the old rows
+    new = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(RESIZE_SEED)
+    embeddings, head = model.get_input_embeddings().weight, model.lm_head.weight
+    with torch.no_grad():
+        for weight in (embeddings,) if head is embeddings else (embeddings, head):
+            weight[old:] = _rows_like(weight[:old], new - old, generator)
+    model.config.text_config.vocab_size = new
     model.config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     notes.append(
-        f"added {added} special token(s) ({IMAGE_TOKEN}, {PAD_TOKEN}); embeddings {old} -> {model.config.text_config.vocab_size} rows"
+        f"added {added} special token(s) ({IMAGE_TOKEN}, {PAD_TOKEN}); embeddings {old} -> {new} rows "
+        f"(new rows from N(mean, 1e-5 cov) of the old ones, seed {RESIZE_SEED})"
     )
 
 
 def _reference_logits(model: NevaForConditionalGeneration, llava: LlavaForConditionalGeneration) -> float:
+    """The largest logit difference on one image and a short prompt, in fp32."""
+    if any(parameter.dtype != torch.float32 for parameter in model.parameters()):
+        model = copy.deepcopy(model).float()
     config = model.config
     generator = torch.Generator().manual_seed(0)
     size = config.vision_config.image_size
     pixels = torch.randn(1, 3, size, size, generator=generator)
     text = torch.randint(0, min(config.text_config.vocab_size, 1000), (12,), generator=generator)
+    text[text == config.image_token_id] = config.text_config.bos_token_id or 1  # image tokens only where placed
     image = torch.full((config.image_seq_length,), config.image_token_id)
     ids = torch.cat([text[:4], image, text[4:]]).unsqueeze(0)
     with torch.no_grad():
@@ -256,7 +294,7 @@ def _from_transformers_llava(src: Path, verify: bool, notes: list[str]):
 def _original_text_config(source: dict):
     text = {k: v for k, v in source.items() if not k.startswith(("mm_", "tune_mm", "freeze_mm", "unfreeze_mm"))}
     text.pop("architectures", None)
-    base_type = {"llava_mistral": "mistral", "llava_mpt": "mpt"}.get(source.get("model_type"), "llama")
+    base_type = "mistral" if source.get("model_type") == "llava_mistral" else "llama"
     text["model_type"] = base_type
     return AutoConfig.for_model(**text)
 
@@ -319,8 +357,10 @@ def _from_original_llava(src: Path, llm: Path | None, vision: Path | None, verif
     if model.model.multi_modal_projector.linear_1.weight.shape[1] != config.vision_config.hidden_size:
         raise CheckpointError("the projector's input width does not match the vision tower's hidden size.")
     reference = None
-    if verify and has_tower and not projector_only:
-        reference = _original_reference(src, config, source)
+    if verify:
+        reference = _original_reference(
+            src, config, weights, llm=llm if projector_only else None, vision=None if has_tower else vision
+        )
     _add_image_token(model, tokenizer, notes)
     if reference is not None:
         _copy_new_rows(model, reference, notes)
@@ -335,7 +375,9 @@ def _from_original_llava(src: Path, llm: Path | None, vision: Path | None, verif
         difference = _reference_logits(model, reference)
         _check(difference, "transformers' Llava loading the original folder through its key_mapping")
     elif verify:
-        notes.append("not verified: the folder does not hold every part (the parts were checked key by key)")
+        notes.append(
+            "not verified: transformers' Llava cannot represent this model (the keys and shapes were checked)"
+        )
     return model, processor, difference
 
 
@@ -347,14 +389,37 @@ ORIGINAL_KEY_MAPPING = {  # research/hf_integration.md §3.6: transformers' Llav
 }
 
 
-def _original_reference(src: Path, config: NevaConfig, source: dict) -> LlavaForConditionalGeneration:
-    """transformers' own Llava reading the original folder (the ground truth), before any embedding resize."""
+def _original_reference(
+    src: Path, config: NevaConfig, weights: dict, *, llm: Path | None, vision: Path | None
+) -> LlavaForConditionalGeneration | None:
+    """
+    The ground truth, before any embedding resize: transformers' own Llava holding the same sources, read by
+    transformers' loaders: the original folder through `ORIGINAL_KEY_MAPPING`, `llm` as an `AutoModelForCausalLM`
+    (stage 1) and `vision` as a `CLIPVisionModel` (a folder without the tower). `None` when Llava cannot represent the
+    model (a linear projector, start/end tokens).
+    """
     if config.projector_type != "mlp2x_gelu" or config.use_im_start_end:
         return None
     llava_config = _llava_config_of(config)
-    return LlavaForConditionalGeneration.from_pretrained(
-        src, config=llava_config, key_mapping=ORIGINAL_KEY_MAPPING, dtype=torch.float32
-    ).eval()
+    if llm is None:
+        llava = LlavaForConditionalGeneration.from_pretrained(
+            src, config=llava_config, key_mapping=ORIGINAL_KEY_MAPPING, dtype=torch.float32
+        )
+    else:  # a stage-1 folder: the projector from src, the language model from llm
+        with torch.device("meta"):
+            llava = LlavaForConditionalGeneration(llava_config)
+        language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32)
+        llava.model.language_model, llava.lm_head = language_model.model, language_model.lm_head
+        prefix = "model.multi_modal_projector."
+        projector = {}
+        for key, value in weights.items():
+            for pattern, target in ORIGINAL_KEY_MAPPING.items():
+                key = re.sub(pattern, target, key)
+            projector[key.removeprefix(prefix)] = value.float()
+        llava.model.multi_modal_projector.load_state_dict(projector, strict=True, assign=True)
+    if vision is not None:
+        llava.model.vision_tower = CLIPVisionModel.from_pretrained(vision, dtype=torch.float32)
+    return llava.eval()
 
 
 def _copy_new_rows(model: NevaForConditionalGeneration, reference: LlavaForConditionalGeneration, notes: list[str]):
@@ -432,13 +497,18 @@ def llava_unsupported_features(config: NevaConfig) -> list[str]:
     return [feature for feature, present in checks.items() if present]
 
 
+def check_llava_can_represent(config: NevaConfig) -> None:
+    """Raises `ValueError` naming what transformers' Llava cannot represent in this NeVA."""
+    missing = llava_unsupported_features(config)
+    if missing:
+        raise ValueError(f"transformers' Llava cannot represent this NeVA: {'; '.join(missing)}.")
+
+
 def to_llava(model: NevaForConditionalGeneration, processor: NevaProcessor):
     """The same weights as a native `LlavaForConditionalGeneration` and `LlavaProcessor` (no remote code needed)."""
     from transformers import LlavaProcessor
 
-    missing = llava_unsupported_features(model.config)
-    if missing:
-        raise ValueError(f"transformers' Llava cannot represent this NeVA: {'; '.join(missing)}.")
+    check_llava_can_represent(model.config)
     llava = LlavaForConditionalGeneration(_llava_config_of(model.config)).eval()
     llava.load_state_dict(model.state_dict(), strict=True)
     native_processor = LlavaProcessor(
@@ -458,6 +528,7 @@ def export_to_llava(
 ) -> float | None:
     """Writes an hfmm NeVA folder as a native transformers Llava folder; returns the largest logit difference."""
     check_destination(dst, force)
+    check_llava_can_represent(NevaConfig.from_pretrained(src))  # before reading any weights
     model = NevaForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
     processor = NevaProcessor.from_pretrained(src)
     llava, native_processor = to_llava(model, processor)
