@@ -341,6 +341,10 @@ def test_stage1_projector_folder_needs_and_uses_llm_and_vision(tmp_path):
 
 def test_broken_inputs_give_one_line_errors_and_no_destination(tmp_path):
     save_llava_folder(tmp_path / "llava", "saved")
+    (tmp_path / "llava" / "preprocessor_config.json").unlink()
+    with pytest.raises(CheckpointError, match="no preprocessor_config.json"):
+        convert_llava_checkpoint(tmp_path / "llava", tmp_path / "neva")
+    tiny_image_processor().save_pretrained(tmp_path / "llava")
     weights = tmp_path / "llava" / "model.safetensors"
     tensors = load_file(weights)
     tensors.pop("language_model.lm_head.weight")

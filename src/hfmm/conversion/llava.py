@@ -25,9 +25,14 @@ from transformers import (
 from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
 from hfmm.models.neva.processing_neva import NevaProcessor
 
-from .checkpoints import CheckpointError, SafetensorsStateDict, load_torch_file, unwrap_state_dict
+from .checkpoints import (
+    CheckpointError,
+    SafetensorsStateDict,
+    load_torch_file,
+    unwrap_state_dict,
+    write_model_folder,
+)
 from .clip_outputs import check_destination
-from .io import atomic_output_dir
 from .key_maps import KeyMap, build_model, same
 
 VISION = r"(embeddings\.(?:class_embedding|patch_embedding\.weight|position_embedding\.weight)|(?:pre_layrnorm|post_layernorm)\.(?:weight|bias)|encoder\.layers\.\d+\..+)"
@@ -252,7 +257,7 @@ def _llava_config_of(config: NevaConfig) -> LlavaConfig:
 
 
 def _check(difference: float, source: str) -> None:
-    if difference > 1e-5:
+    if not difference <= 1e-5:  # NaN fails too
         raise CheckpointError(
             f"the converted NeVA differs from {source} by {difference:.3g} (> 1e-5); nothing written."
         )
@@ -263,6 +268,10 @@ def _check(difference: float, source: str) -> None:
 
 def _from_transformers_llava(src: Path, verify: bool, notes: list[str]):
     llava_config = LlavaConfig.from_pretrained(src)
+    if llava_config.vision_config.model_type != "clip_vision_model":
+        raise CheckpointError(
+            f"{src}: a {llava_config.vision_config.model_type} vision tower; the converter reads CLIP vision towers."
+        )
     if not isinstance(llava_config.vision_feature_layer, int):
         raise CheckpointError(
             f"{src}: vision_feature_layer={llava_config.vision_feature_layer} (several layers) has no NeVA equivalent."
@@ -278,10 +287,11 @@ def _from_transformers_llava(src: Path, verify: bool, notes: list[str]):
         image_token_id=llava_config.image_token_id,
         tie_word_embeddings=llava_config.tie_word_embeddings,
     )
-    model = build_model(NevaForConditionalGeneration, config, read_weights(src), LLAVA_KEYS)
+    image_processor = _image_processor(src, pad=False)  # the cheap checks first
     tokenizer = AutoTokenizer.from_pretrained(src)
     chat_template = _source_chat_template(src) or NevaProcessor.chat_template_for("v1")
-    processor = NevaProcessor.from_model_config(config, _image_processor(src, pad=False), tokenizer, chat_template)
+    processor = NevaProcessor.from_model_config(config, image_processor, tokenizer, chat_template)
+    model = build_model(NevaForConditionalGeneration, config, read_weights(src), LLAVA_KEYS)
     difference = None
     if verify:
         difference = _reference_logits(
@@ -465,15 +475,13 @@ def convert_llava_checkpoint(
     llm, vision = (Path(llm) if llm else None), (Path(vision) if vision else None)
     notes: list[str] = []
     model_type = _read_json(src / "config.json").get("model_type") if (src / "config.json").is_file() else None
-    if model_type == "llava" and (src / "preprocessor_config.json").is_file() and not _is_original(src):
+    if model_type == "llava" and not _is_original(src):
         model, processor, difference = _from_transformers_llava(src, verify_outputs, notes)
     elif model_type in ORIGINAL_MODEL_TYPES or model_type is None:
         model, processor, difference = _from_original_llava(src, llm, vision, verify_outputs, notes)
     else:
         raise CheckpointError(f"{src}: model_type={model_type!r} is not a LLaVA checkpoint.")
-    with atomic_output_dir(dst, force=force) as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        processor.save_pretrained(tmp)
+    write_model_folder(model, dst, processor=processor, force=force, max_shard_size=max_shard_size)
     return NevaConversionResult(Path(dst), notes, difference)
 
 
@@ -536,7 +544,5 @@ def export_to_llava(
     if verify_outputs:
         difference = _reference_logits(model, llava)
         _check(difference, "the exported Llava")
-    with atomic_output_dir(dst, force=force) as tmp:
-        llava.save_pretrained(tmp)
-        native_processor.save_pretrained(tmp)
+    write_model_folder(llava, dst, processor=native_processor, force=force)
     return difference
