@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
+    CLIPConfig,
+    CLIPModel,
     CLIPVisionModel,
     LlamaForCausalLM,
     LlavaConfig,
@@ -191,12 +193,19 @@ def original_folder(
     return folder
 
 
-def clip_vision_folder(folder: Path, llava: LlavaForConditionalGeneration) -> Path:
-    vision = CLIPVisionModel(llava.config.vision_config)
-    vision.load_state_dict(
-        {k[len("model.vision_tower.") :]: v for k, v in llava.state_dict().items() if "vision_tower" in k}
-    )
-    vision.save_pretrained(folder)
+def clip_vision_folder(folder: Path, llava: LlavaForConditionalGeneration, full: bool = False) -> Path:
+    """The Llava's tower as a transformers `CLIPVisionModel` folder, or (`full`) inside a whole `CLIPModel` folder, as
+    `openai/clip-vit-large-patch14-336` is."""
+    tower = {k[len("model.vision_tower.") :]: v for k, v in llava.state_dict().items() if "vision_tower" in k}
+    if full:
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=64)
+        clip = CLIPModel(CLIPConfig(vision_config=llava.config.vision_config.to_dict(), text_config=text))
+        clip.vision_model.load_state_dict(tower)
+        clip.save_pretrained(folder)
+    else:
+        vision = CLIPVisionModel(llava.config.vision_config)
+        vision.load_state_dict(tower)
+        vision.save_pretrained(folder)
     tiny_image_processor().save_pretrained(folder)
     return folder
 
@@ -304,7 +313,8 @@ def test_original_linear_projector_with_start_end_tokens_in_pickle_shards(tmp_pa
     assert expanded[first : first + n + 2] == [start, *[config.image_token_id] * n, end]
 
 
-def test_stage1_projector_folder_needs_and_uses_llm_and_vision(tmp_path):
+@pytest.mark.parametrize("full_clip", [False, True])
+def test_stage1_projector_folder_needs_and_uses_llm_and_vision(tmp_path, full_clip):
     tokenizer = tiny_tokenizer(image_token=False)
     llava = tiny_llava(tokenizer)
     stage1 = tmp_path / "stage1"
@@ -326,7 +336,7 @@ def test_stage1_projector_folder_needs_and_uses_llm_and_vision(tmp_path):
     tokenizer.save_pretrained(tmp_path / "llm")
     with pytest.raises(CheckpointError, match="--vision"):
         convert_llava_checkpoint(stage1, tmp_path / "neva", llm=tmp_path / "llm")
-    vision = clip_vision_folder(tmp_path / "clip", llava)
+    vision = clip_vision_folder(tmp_path / "clip", llava, full=full_clip)
     result = convert_llava_checkpoint(stage1, tmp_path / "neva", llm=tmp_path / "llm", vision=vision)
     # verified against transformers' Llava assembled from the three sources by transformers' own loaders
     assert result.max_logit_difference is not None and result.max_logit_difference <= 1e-5
