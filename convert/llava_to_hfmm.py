@@ -7,11 +7,14 @@ SRC is one of:
     written), verified against transformers' Llava (logits within 1e-5) before anything is written;
   * an original haotian-liu LLaVA folder (`model_type: llava_llama`, `model.mm_projector.*`): give --vision (the CLIP
     tower's transformers folder: LLaVA loads it by name at run time, and most folders do not carry its weights).
-    LLaVA splices images in at id -200; the NeVA gets an `<image>` special token instead, with the embeddings resized
-    as transformers' own converter does (to a multiple of 64; new rows from transformers' mean_resizing, seeded).
-    When the folder holds every part and the projector is mlp2x_gelu, it is verified against transformers' Llava
-    reading the same folder through a key_mapping;
-  * a stage-1 folder holding only `mm_projector.bin`: give --llm (a transformers causal-LM folder) and --vision.
+    LLaVA splices images in at id -200; the NeVA gets an `<image>` special token instead (and `<pad>` when the
+    tokenizer has none), with the embeddings resized as transformers' own converter does: to a multiple of 64, new
+    rows drawn from N(mean, 1e-5 cov) of the old rows with a fixed seed (0), so a conversion is reproducible.
+    With an mlp2x_gelu projector and no start/end tokens it is verified against transformers' Llava reading the same
+    folder through a key_mapping (and the --vision tower through CLIPVisionModel); a linear projector or
+    `mm_use_im_start_end` (which Llava cannot hold) is checked key by key and shape by shape only;
+  * a stage-1 folder holding only `mm_projector.bin`: give --llm (a transformers causal-LM folder) and --vision;
+    verified against a Llava assembled from the three parts by transformers' loaders.
 DST gets config.json (model_type neva), model.safetensors, the tokenizer, the image processor and the chat template
 (the source's, else `v1`). DST appears only once complete; an existing DST needs --force.
 """
