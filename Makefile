@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hfmm-installed
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test test-fast bench lint install
+.PHONY: demo demo-neva test test-fast bench lint install
 
 install: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/hfmm demo --out demo_output
+
+demo-neva: $(STAMP)
+	$(VENV)/bin/hfmm demo --neva --out demo_output
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -13,3 +13,11 @@ def test_short_demo_learns_colour(tmp_path):
     assert metrics["image-text-retrieval"]["text_to_image_R@10"] > 3 * 10 / 160  # well above chance
     saved = json.loads((tmp_path / "clip" / "eval.json").read_text())
     assert saved["results"] == report["results"]
+
+
+def test_short_neva_demo_answers_colour_questions(tmp_path):
+    from hfmm.demo_neva import run_neva_demo
+
+    report = run_neva_demo(tmp_path, n_train=960, n_eval=48, epochs=(1, 3))
+    assert report["accuracy"] >= 0.5  # chance: 1/8
+    assert (tmp_path / "stage1" / "projector.safetensors").is_file()

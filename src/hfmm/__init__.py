@@ -20,6 +20,7 @@ from .models.clip import (
     available_presets,
 )
 from .models.neva import NevaConfig, NevaForConditionalGeneration, NevaModel
+from .models.neva.processing_neva import NevaProcessor
 
 __version__ = "0.1.0.dev0"
 
@@ -40,5 +41,6 @@ __all__ = [
     "NevaConfig",
     "NevaForConditionalGeneration",
     "NevaModel",
+    "NevaProcessor",
     "available_presets",
 ]

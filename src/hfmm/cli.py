@@ -52,6 +52,11 @@ def chat(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
+    if args.neva:
+        from hfmm.demo_neva import run_neva_demo
+
+        run_neva_demo(Path(args.out) / "neva")
+        return 0
     from hfmm.demo import run_clip_demo
 
     run_clip_demo(Path(args.out), n_train=args.train_size, epochs=args.epochs)
@@ -133,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", default="demo_output", help="output folder")
     show.add_argument("--train-size", type=int, default=2000, help="number of generated training images")
     show.add_argument("--epochs", type=float, default=None, help="override the recipe's num_train_epochs")
+    show.add_argument(
+        "--neva", action="store_true", help="the NeVA demo instead: two recipe stages, then held-out answer accuracy"
+    )
     show.set_defaults(func=demo)
     return parser
 
