@@ -49,8 +49,6 @@ def main(argv: list[str] | None = None, *, stage: int = 1) -> dict:
         projector_lr=model_args.projector_lr,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if any(collator.skipped.values()):
-        trainer.log({f"skipped_{reason}": float(count) for reason, count in collator.skipped.items()})
     save_neva(trainer, processor, model_args, training_args.output_dir)
     return {"train": result.metrics, "log_history": trainer.state.log_history, "skipped": dict(collator.skipped)}
 

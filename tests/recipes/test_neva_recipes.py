@@ -151,3 +151,45 @@ def test_every_neva_recipe_runs_two_steps_with_a_tiny_model(parts, stage1_out, t
     result = main(["--config", str(path), *overrides])
     losses = [entry["loss"] for entry in result["log_history"] if "loss" in entry]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_accelerate_launch_runs_both_stages_and_bad_samples_are_counted(parts, tmp_path):
+    """The README's commands: `accelerate launch recipes/neva_stage1.py --config ...`, then stage 2, on CPU; the data
+    has a missing image, a turn without an answer and an extra <image> tag, which are skipped and logged."""
+    import subprocess
+    import sys
+
+    data = parts / "data"
+    rows = json.loads((data / "captions.json").read_text())
+    rows += [
+        {"id": "missing", "image": "nowhere.png", "conversations": rows[0]["conversations"]},
+        {"id": "no-answer", "image": "0.png", "conversations": rows[0]["conversations"][:1]},
+        {
+            "id": "two-tags",
+            "image": "0.png",
+            "conversations": [{"from": "human", "value": "<image><image>"}, {"from": "gpt", "value": "a red square"}],
+        },  # fmt: skip
+    ]
+    (tmp_path / "captions.json").write_text(json.dumps(rows))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    first = subprocess.run(
+        [*launch, str(RECIPES / "neva_stage1.py"), "--config", str(RECIPES / "neva" / "tiny_demo_stage1.yaml"),
+         "--vision_tower", str(parts / "clip"), "--language_model", str(parts / "llm"),
+         "--train_data", str(tmp_path / "captions.json"), "--image_folder", str(data),
+         "--output_dir", str(tmp_path / "stage1"), "--num_train_epochs", "1", "--logging_steps", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    for reason in ("missing_image", "no_assistant_turn", "image_count_mismatch"):
+        assert f"'skipped_{reason}': '1'" in first.stdout, reason
+    second = subprocess.run(
+        [*launch, str(RECIPES / "neva_stage2.py"), "--config", str(RECIPES / "neva" / "tiny_demo_stage2.yaml"),
+         "--model_name_or_path", str(tmp_path / "stage1"),
+         "--pretrained_projector", str(tmp_path / "stage1" / "projector.safetensors"),
+         "--train_data", str(data / "questions.json"), "--image_folder", str(data),
+         "--output_dir", str(tmp_path / "stage2"), "--max_steps", "3"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert isinstance(NevaForConditionalGeneration.from_pretrained(tmp_path / "stage2"), NevaForConditionalGeneration)

@@ -150,11 +150,19 @@ def load_projector(model: NevaForConditionalGeneration, path: str | Path) -> Non
 
 
 class NevaTrainer(Trainer):
-    """`Trainer` with an optional separate learning rate for the projector (LLaVA's LoRA recipe: 2e-5)."""
+    """`Trainer` with an optional separate learning rate for the projector (LLaVA's LoRA recipe: 2e-5); skipped
+    samples are reported in the training logs."""
 
     def __init__(self, *args, projector_lr: float | None = None, **kwargs):
         self.projector_lr = projector_lr
         super().__init__(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Adds the samples the collator skipped so far, by reason (`skipped_<reason>`), to the training logs."""
+        skipped = getattr(self.data_collator, "skipped", None)
+        if skipped and "loss" in logs:
+            logs = {**logs, **{f"skipped_{reason}": float(count) for reason, count in skipped.items() if count}}
+        super().log(logs, *args, **kwargs)
 
     def create_optimizer(self, model=None):
         if self.projector_lr is None:
