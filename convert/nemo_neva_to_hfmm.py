@@ -4,15 +4,17 @@
 
 SRC is a `.nemo` file (tar, plain or gzip) or its extracted folder, with the weights as `model_weights.ckpt`,
 `mp_rank_XX/`, `tp_rank_XX_pp_rank_YYY/` or a `model_weights/` torch_dist checkpoint; megatron-core (`mcore_gpt`) and
-legacy key names. The Megatron GPT language model becomes transformers' LLaMA (fused QKV split per query group, SwiGLU
-fc1 = [gate; up] merged across TP ranks, RMSNorm, RoPE, vocabulary padding trimmed), the projector (linear or
-mlp2x_gelu) and the HF CLIP tower keep their weights. NeVA files usually hold only what was trained, so:
+legacy key names. The Megatron GPT language model becomes transformers' LLaMA (RMSNorm + SwiGLU), StableLM (NVGPT:
+layernorm1p or LayerNorm + SwiGLU, partial rotary) or Nemotron (layernorm1p + squared ReLU, partial rotary): fused QKV
+split per query group, SwiGLU fc1 = [gate; up] merged across TP ranks, vocabulary padding trimmed; other language
+models are refused with the reason. The projector (linear or mlp2x_gelu) and the HF CLIP tower keep their weights.
+NeVA files usually hold only what was trained, so:
   --vision  a transformers CLIP folder: the tower's config (NeMo records only its name), and its weights when SRC
             lacks them (required);
-  --llm     the language model when SRC lacks it (stage 1): a NeMo GPT checkpoint or a transformers causal-LM folder;
+  --llm     the language model when SRC lacks it (stage 1), or the base of a LoRA file (its adapters on the fused QKV
+            are merged into it): a NeMo GPT checkpoint or a transformers causal-LM folder;
   --tokenizer  a transformers tokenizer folder (else --llm's).
-The NeVA gets an `<image>` special token (embeddings resized to a multiple of 64). NVGPT language models (layernorm1p,
-partial rotary) have no exact transformers LLaMA equivalent and are refused, as are LoRA files (not yet).
+The NeVA gets an `<image>` special token (embeddings resized to a multiple of 64).
 NeMo 2 (`context/model.yaml` + `weights/` torch_dist, megatron-core `LLaVAModel` keys): every part is in the
 checkpoint; a megatron-core CLIP ViT tower becomes a transformers CLIP tower (its config from model.yaml), an HF CLIP
 tower takes its config from --vision; give --tokenizer. DST appears only once complete; an existing DST needs --force.

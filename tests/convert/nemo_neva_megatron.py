@@ -5,8 +5,8 @@
 NeMo's NeVA is a Megatron GPT whose word-embedding module also holds the vision tower (transformers' CLIPVisionModel)
 and the projector; image features (CLIP layer -2, class token dropped, through the projector) overwrite the token
 embeddings at the image positions, and the GPT runs on those embeddings (`decoder_input`). Each variant here builds a
-megatron-core 0.16.1 `GPTModel` (LLaMA-style: RMSNorm, SwiGLU, RoPE, no biases, untied output) at its TP size under
-gloo, a seeded CLIP tower and projector, and writes:
+megatron-core 0.16.1 `GPTModel` (LLaMA-style: RMSNorm, SwiGLU, RoPE, no biases, untied output; or NVGPT-style:
+`layernorm1p` stored as γ − 1, rotary on half the channels, SwiGLU or squared ReLU) at its TP size under gloo, a seeded CLIP tower and projector, and writes:
 - `<name>/nemo/`: an extracted `.nemo` (`model_config.yaml` + `model_weights.ckpt` or `mp_rank_XX/`), keys as NeMo
   pickles them (`model.` + megatron-core or legacy names), holding the parts the variant keeps (NeMo drops frozen
   parts);
@@ -50,6 +50,11 @@ VARIANTS = {
                      lora=True),
     "tp2_gqa_stage1": dict(tp=2, groups=2, projector="mlp2x_gelu", names="mcore", parts=("projector",), im=False,
                            gpt_only=True),
+    # NVGPT-2B-like (layernorm1p, half the channels rotated, SwiGLU) and Nemotron-like (layernorm1p, squared ReLU)
+    "tp2_nvgpt_swiglu": dict(tp=2, groups=2, projector="linear", names="legacy", parts=("llm", "projector"), im=False,
+                             norm="layernorm1p", act="fast-swiglu", rotary=0.5),
+    "tp1_nvgpt_relu2": dict(tp=1, groups=4, projector="mlp2x_gelu", names="mcore", parts=("llm", "projector"),
+                            im=False, norm="layernorm1p", act="squared-relu", rotary=0.5),
 }  # fmt: skip
 
 
@@ -59,22 +64,27 @@ def vocab() -> tuple[int, int]:
 
 
 def build_gpt(spec: dict):
+    """megatron-core's GPT; `layernorm1p` runs as megatron's LayerNorm holding γ = 1 + the stored zero-centred weight
+    (what NeMo computes at run time: megatron-core's CPU LayerNorm has no zero-centred option)."""
     import torch.nn.functional as F
+    from megatron.core.activations import squared_relu
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    gated = spec.get("act", "fast-swiglu") != "squared-relu"
+    normalization = "RMSNorm" if spec.get("norm", "rmsnorm") == "rmsnorm" else "LayerNorm"
     config = TransformerConfig(
         num_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS, num_query_groups=spec["groups"],
-        ffn_hidden_size=FFN, gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False,
-        normalization="RMSNorm", layernorm_epsilon=1e-5, use_cpu_initialization=True, bias_activation_fusion=False,
-        bias_dropout_fusion=False, masked_softmax_fusion=False, apply_rope_fusion=False,
+        ffn_hidden_size=FFN, gated_linear_unit=gated, activation_func=F.silu if gated else squared_relu,
+        add_bias_linear=False, normalization=normalization, layernorm_epsilon=1e-5, use_cpu_initialization=True,
+        bias_activation_fusion=False, bias_dropout_fusion=False, masked_softmax_fusion=False, apply_rope_fusion=False,
         gradient_accumulation_fusion=False, persist_layer_norm=False, hidden_dropout=0.0, attention_dropout=0.0,
         params_dtype=torch.float32, pipeline_dtype=torch.float32, init_method_std=0.1,
     )  # fmt: skip
     return GPTModel(
-        config, get_gpt_layer_local_spec(normalization="RMSNorm"), vocab_size=vocab()[1], max_sequence_length=128,
-        position_embedding_type="rope", rotary_percent=1.0, rotary_base=10000,
+        config, get_gpt_layer_local_spec(normalization=normalization), vocab_size=vocab()[1], max_sequence_length=128,
+        position_embedding_type="rope", rotary_percent=spec.get("rotary", 1.0), rotary_base=10000,
         share_embeddings_and_output_weights=False, parallel_output=False,
     ).eval()  # fmt: skip
 
@@ -85,8 +95,8 @@ def randomise(model: torch.nn.Module, tp_rank: int) -> None:
         generator = torch.Generator().manual_seed(zlib.crc32(name.encode()) + (1000 * tp_rank if sharded else 0))
         noise = torch.randn(param.shape, generator=generator)
         with torch.no_grad():
-            if name.endswith("layernorm.weight"):
-                param.copy_(1 + 0.3 * noise)
+            if name.endswith("layernorm.weight"):  # γ - 1 on a 2^-10 grid: exact both ways for layernorm1p
+                param.copy_(1 + torch.round(0.3 * noise * 1024).clamp(-1000, 1000) / 1024)
             else:
                 param.copy_(noise / param.shape[-1] ** 0.5)
 
@@ -167,6 +177,8 @@ def nemo_state(spec: dict, gpt, tower, projector, parts) -> dict:
     state = {}
     if "llm" in parts:
         state |= {k: v for k, v in gpt.state_dict().items() if not k.endswith("_extra_state")}
+        if spec.get("norm") == "layernorm1p":  # NeMo stores the zero-centred γ - 1
+            state |= {k: v - 1 for k, v in state.items() if k.endswith("layernorm.weight")}
     if "projector" in parts:  # nn.Linear: mm_projector.{weight,bias}; Sequential: mm_projector.{0,2}.*
         state |= {f"{ADAPTER}.{k}": v for k, v in projector.state_dict().items()}
     if "vision" in parts:
@@ -198,9 +210,10 @@ def add_lora(gpt) -> dict:
 def nemo_config(spec: dict) -> dict:
     return {
         "mcore_gpt": spec["names"] == "mcore", "num_layers": LAYERS, "hidden_size": HIDDEN, "ffn_hidden_size": FFN,
-        "num_attention_heads": HEADS, "num_query_groups": spec["groups"], "normalization": "rmsnorm",
-        "layernorm_epsilon": 1e-5, "activation": "fast-swiglu", "bias": False, "position_embedding_type": "rope",
-        "rotary_percentage": 1.0, "rotary_base": 10000, "share_embeddings_and_output_weights": False,
+        "num_attention_heads": HEADS, "num_query_groups": spec["groups"], "normalization": spec.get("norm", "rmsnorm"),
+        "layernorm_epsilon": 1e-5, "activation": spec.get("act", "fast-swiglu"), "bias": False,
+        "position_embedding_type": "rope", "rotary_percentage": spec.get("rotary", 1.0), "rotary_base": 10000,
+        "share_embeddings_and_output_weights": False,
         "encoder_seq_length": 128, "max_position_embeddings": 128, "tensor_model_parallel_size": spec["tp"],
         "make_vocab_size_divisible_by": 128,
         "mm_cfg": {"llm": {"from_pretrained": "llama.nemo", "freeze": "llm" not in spec["parts"]},

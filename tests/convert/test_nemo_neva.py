@@ -1,12 +1,14 @@
 """convert/nemo_neva_to_hfmm.py against real megatron-core GPT language models (CPU, gloo, TP 1 and 2).
 
-`nemo_neva_megatron.py` builds NeMo's NeVA from megatron-core 0.16.1's `GPTModel` (GQA and MHA, RMSNorm, SwiGLU,
-RoPE) with a transformers CLIP tower and a linear or MLP projector, saves it as NeMo 1 `.nemo` folders (megatron-core
-and legacy names; `model_weights.ckpt` and `mp_rank_XX/`; a stage-1 file with only the projector), and records
-megatron's own logits on the merged embeddings and its 20 greedy tokens. The converted hfmm NeVA must give the same
-logits (≤ 1e-5) and the same 20 greedy tokens.
+`nemo_neva_megatron.py` builds NeMo's NeVA from megatron-core 0.16.1's `GPTModel` (GQA and MHA; LLaMA-style RMSNorm,
+SwiGLU, RoPE, and NVGPT-style layernorm1p with half the channels rotated, SwiGLU or squared ReLU) with a transformers
+CLIP tower and a linear or MLP projector, saves it as NeMo 1 `.nemo` folders (megatron-core and legacy names;
+`model_weights.ckpt` and `mp_rank_XX/`; a stage-1 file with only the projector), and records megatron's own logits on
+the merged embeddings and its 20 greedy tokens. The converted hfmm NeVA must give the same logits (≤ 1e-5) and the
+same 20 greedy tokens.
 """
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from nemo_fixtures import pack_nemo
+from nemo_neva_megatron import VARIANTS
 
 from hfmm import NevaForConditionalGeneration
 from hfmm.conversion.checkpoints import CheckpointError
-from hfmm.conversion.nemo_neva import convert_nemo_neva_checkpoint, split_gqa_qkv
+from hfmm.conversion.megatron_gpt import split_gqa_qkv
+from hfmm.conversion.nemo_neva import convert_nemo_neva_checkpoint
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE.parents[1] / "convert" / "nemo_neva_to_hfmm.py"
@@ -65,10 +69,15 @@ def check_against_megatron(folder: Path, reference: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name, layout",
-    [("tp1_gqa_linear", "nemo.tar.gz"), ("tp2_mha_mlp", "nemo"), ("tp2_gqa_dist", "nemo"), ("tp2_gqa_dist", "dist")],
-)
-def test_nemo_neva_matches_megatron(megatron, tmp_path, name, layout):
+    "name, layout, architecture",
+    [("tp1_gqa_linear", "nemo.tar.gz", "llama"), ("tp2_mha_mlp", "nemo", "llama"), ("tp2_gqa_dist", "nemo", "llama"),
+     ("tp2_gqa_dist", "dist", "llama"), ("tp2_nvgpt_swiglu", "nemo", "stablelm"),
+     ("tp1_nvgpt_relu2", "nemo", "nemotron")],
+)  # fmt: skip
+def test_nemo_neva_matches_megatron(megatron, tmp_path, name, layout, architecture):
+    """LLaMA-style GPTs become LLaMA; NVGPT-style ones (layernorm1p, half the channels rotated) become StableLM (SwiGLU)
+    or Nemotron (squared ReLU), the transformers architectures that compute the same function."""
+    spec = VARIANTS[name]
     variant = megatron / name
     reference = torch.load(variant / "reference.pt", weights_only=True)
     src = variant / layout
@@ -78,12 +87,13 @@ def test_nemo_neva_matches_megatron(megatron, tmp_path, name, layout):
     result = convert_nemo_neva_checkpoint(
         src, tmp_path / "neva", vision=variant / "clip", tokenizer=variant / "tokenizer"
     )
-    expected = {"nemo": "TP=2" if name.startswith("tp2") else "model_weights.ckpt", "dist": "torch_dist"}[layout]
+    expected = {"nemo": "TP=2" if spec["tp"] == 2 else "model_weights.ckpt", "dist": "torch_dist"}[layout]
     assert expected in result.weights
     check_against_megatron(tmp_path / "neva", reference)
     model = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva")
-    assert model.config.projector_type == ("linear" if "linear" in name else "mlp2x_gelu")
-    assert model.config.use_im_start_end == (name == "tp2_mha_mlp")
+    assert model.config.text_config.model_type == architecture
+    assert model.config.projector_type == spec["projector"]
+    assert model.config.use_im_start_end == spec["im"]
     assert model.config.conv_template == "llama_2"
 
 
@@ -124,6 +134,7 @@ def test_lora_file_is_merged_into_its_base(megatron, tmp_path):
 
 
 def test_missing_vision_and_refused_language_models_are_clear_errors(tmp_path):
+    """No --vision, and Megatron GPTs no transformers architecture here computes exactly: refused, naming why."""
     from nemo_neva_megatron import nemo_config, save
 
     config = nemo_config(dict(tp=1, groups=2, projector="linear", names="mcore", parts=("projector",), im=False))
@@ -131,10 +142,18 @@ def test_missing_vision_and_refused_language_models_are_clear_errors(tmp_path):
                                      "mm_projector.weight": torch.zeros(64, 32)}, 1, 0)  # fmt: skip
     with pytest.raises(CheckpointError, match="--vision"):
         convert_nemo_neva_checkpoint(tmp_path / "nemo", tmp_path / "out")
-    nvgpt = {**config, "normalization": "layernorm1p", "rotary_percentage": 0.5}
-    save(tmp_path / "nvgpt", nvgpt, {}, 1, 0)
-    with pytest.raises(CheckpointError, match="layernorm1p"):
-        convert_nemo_neva_checkpoint(tmp_path / "nvgpt", tmp_path / "out", vision=tmp_path)
+    refused = {
+        "rotary_percentage=0.5 with RMSNorm": {"rotary_percentage": 0.5},
+        "normalization='layernorm' with activation='squared-relu' has no exact": {
+            "normalization": "layernorm", "activation": "squared-relu"},
+        "activation='gelu' has no exact": {"normalization": "layernorm1p", "activation": "gelu"},
+        "position_embedding_type='learned_absolute'": {"position_embedding_type": "learned_absolute"},
+        "bias=True": {"bias": True},
+    }  # fmt: skip
+    for message, change in refused.items():
+        save(tmp_path / "refused", {**config, **change}, {}, 1, 0)
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            convert_nemo_neva_checkpoint(tmp_path / "refused", tmp_path / "out", vision=tmp_path)
     assert not (tmp_path / "out").exists()
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, LlamaConfig
+from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessor, PreTrainedConfig
 
 from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
 from hfmm.models.neva.processing_neva import CHAT_TEMPLATES, NevaProcessor
@@ -22,10 +22,9 @@ from .clip_outputs import check_destination
 from .io import atomic_output_dir
 from .key_maps import KeyMap, build_model, same
 from .llava import LLM_PART_KEYS, VISION_PART_KEYS, _add_image_token, _image_processor, _renamed, read_weights
-from .nemo import COLUMN, REPLICATED, ROW, TensorParallelShards, trim_vocab_padding
+from .megatron_gpt import GptShards, gpt_rules, split_gqa_qkv, text_config_from_nemo
+from .nemo import COLUMN, REPLICATED, ROW
 from .nemo_archive import open_nemo_checkpoint
-
-SWIGLU = "swiglu"  # TP rule: each rank holds [gate_r; up_r]; the global tensor is [gate_0; gate_1; ...; up_0; ...]
 
 ADAPTER = r"embedding\.word_embeddings\.adapter_layer\.mm_projector_adapter\.mm_projector"
 TOWER = r"embedding\.word_embeddings\.vision_encoder\.vision_model"
@@ -38,93 +37,23 @@ class NevaNemoConversion:
     notes: list[str] = field(default_factory=list)
 
 
-def split_gqa_qkv(tensor: torch.Tensor, num_heads: int, num_groups: int) -> tuple[torch.Tensor, ...]:
-    """Megatron's fused QKV, per query group `[q x heads/groups, k, v]` (head_dim rows each), as LLaMA's q, k, v."""
-    per_group = num_heads // num_groups
-    head_dim = tensor.shape[0] // (num_groups * (per_group + 2))
-    grouped = tensor.reshape(num_groups, per_group + 2, head_dim, *tensor.shape[1:])
-    rest = tensor.shape[1:]
-    return (
-        grouped[:, :per_group].reshape(num_groups * per_group * head_dim, *rest).contiguous(),
-        grouped[:, per_group].reshape(num_groups * head_dim, *rest).contiguous(),
-        grouped[:, per_group + 1].reshape(num_groups * head_dim, *rest).contiguous(),
-    )
-
-
-def split_swiglu(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    gate, up = tensor.chunk(2, dim=0)
-    return gate.contiguous(), up.contiguous()
-
-
-def merge_swiglu_shards(shards: list[torch.Tensor]) -> torch.Tensor:
-    halves = [shard.chunk(2, dim=0) for shard in shards]
-    return torch.cat([gate for gate, _ in halves] + [up for _, up in halves], dim=0)
-
-
-class NevaShards(TensorParallelShards):
-    """TP shards merged on read, with the SwiGLU fc1 rule on top of column/row/replicated."""
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        rule = next((rule for pattern, rule in self.tp_rules if pattern.fullmatch(key)), REPLICATED)
-        if rule == SWIGLU and len(self.shards) > 1:
-            return merge_swiglu_shards([shard[key] for shard in self.shards])
-        return super().__getitem__(key)
-
-
-def gpt_rules(text: LlamaConfig, vocab_size: int) -> dict[str, tuple]:
-    """regex -> (target(s), transform, TP rule) for a Megatron GPT (LLaMA-style), megatron-core and legacy names."""
-    heads, groups = text.num_attention_heads, text.num_key_value_heads
-    qkv = ("model.language_model.layers.{0}.self_attn.q_proj.weight", "model.language_model.layers.{0}.self_attn.k_proj.weight",
-           "model.language_model.layers.{0}.self_attn.v_proj.weight")  # fmt: skip
-    fc1 = (
-        "model.language_model.layers.{0}.mlp.gate_proj.weight",
-        "model.language_model.layers.{0}.mlp.up_proj.weight",
-    )
-    layer = "model.language_model.layers.{0}."
-
-    def trim(tensor):
-        return trim_vocab_padding(tensor, vocab_size)
-
-    def fused(tensor):
-        return split_gqa_qkv(tensor, heads, groups)
-
+def neva_part_rules() -> dict[str, tuple]:
+    """The NeVA parts inside NeMo 1's word-embedding module (megatron-core and legacy prefixes) and the LoRA adapters
+    (merged apart, `merge_lora`)."""
     rules = {}
-    variants = [
-        ("", ("decoder.layers", "self_attention", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2",
-              "input_layernorm", "pre_mlp_layernorm", "decoder.final_layernorm", "output_layer")),
-        ("language_model.", ("encoder.layers", "self_attention", "query_key_value", "dense", "dense_h_to_4h",
-                             "dense_4h_to_h", "input_layernorm", "post_attention_layernorm", "encoder.final_layernorm",
-                             "output_layer")),
-        # NeMo 2 (megatron-core LLaVAModel): megatron-core names under `language_model.`
-        ("language_model.", ("decoder.layers", "self_attention", "linear_qkv", "linear_proj", "linear_fc1",
-                             "linear_fc2", "input_layernorm", "pre_mlp_layernorm", "decoder.final_layernorm",
-                             "output_layer")),
-    ]  # fmt: skip
-    for src, (block, attention, qkv_name, proj, fc1_name, fc2, ln1, ln2, final, out) in variants:
-        p = re.escape(src)
-        b = rf"{p}{re.escape(block)}\.(\d+)\."
+    for p in ("", r"language_model\."):
         rules |= {
-            rf"{p}embedding\.word_embeddings\.weight": ("model.language_model.embed_tokens.weight", trim, COLUMN),
-            rf"{b}{attention}\.{qkv_name}\.weight": (qkv, fused, COLUMN),
-            rf"{b}{attention}\.{proj}\.weight": (layer + "self_attn.o_proj.weight", same, ROW),
-            rf"{b}mlp\.{fc1_name}\.weight": (fc1, split_swiglu, SWIGLU),
-            rf"{b}mlp\.{fc2}\.weight": (layer + "mlp.down_proj.weight", same, ROW),
-            rf"{b}{ln1}\.weight": (layer + "input_layernorm.weight", same, REPLICATED),
-            rf"{b}{ln2}\.weight": (layer + "post_attention_layernorm.weight", same, REPLICATED),
-            rf"{p}{re.escape(final)}\.weight": ("model.language_model.norm.weight", same, REPLICATED),
-            rf"{p}{out}\.weight": ("lm_head.weight", trim, COLUMN),
-            rf"{p}rotary_pos_emb\.inv_freq": None,
-            # Transformer Engine names: the norms fused into the following linear layer
-            rf"{b}{attention}\.{qkv_name}\.layer_norm_weight": (layer + "input_layernorm.weight", same, REPLICATED),
-            rf"{b}mlp\.{fc1_name}\.layer_norm_weight": (layer + "post_attention_layernorm.weight", same, REPLICATED),
-            # the NeVA parts inside the word-embedding module
             rf"{p}{ADAPTER}\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same, REPLICATED),
             rf"{p}{ADAPTER}\.0\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same, REPLICATED),
             rf"{p}{ADAPTER}\.2\.(weight|bias)": ("model.multi_modal_projector.linear_2.{0}", same, REPLICATED),
             rf"{p}{TOWER}\.(.+)": ("model.vision_tower.{0}", same, REPLICATED),
-            rf"{b}{attention}\.adapter_layer\.lora_kqv_adapter\.linear_(in|out)\.weight": None,  # merged apart
         }
-    return rules
+    return rules | {_LORA_KEY.pattern: None}
+
+
+def nemo1_rules(text: PreTrainedConfig, vocab_size: int) -> dict[str, tuple]:
+    """Every key of a NeMo 1 NeVA or GPT checkpoint: the GPT (megatron-core or legacy names) and the NeVA parts."""
+    return gpt_rules(text, vocab_size, legacy=False) | gpt_rules(text, vocab_size, legacy=True) | neva_part_rules()
 
 
 def nemo2_part_rules(vision_heads: int | None) -> dict[str, tuple]:
@@ -179,7 +108,7 @@ def _target(value) -> str:
 
 
 def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, str, int]:
-    """(LLaMA config kwargs, CLIPVisionConfig kwargs or None for an HF tower, projector type, feature layer) of
+    """(NeMo 1-style GPT config, CLIPVisionConfig kwargs or None for an HF tower, projector type, feature layer) of
     NeMo 2's `NevaConfig` in `context/model.yaml`."""
     config = model_yaml.get("config") or {}
     language, vision = config.get("language_transformer_config"), config.get("vision_transformer_config")
@@ -187,11 +116,17 @@ def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, 
     if not all(isinstance(part, Mapping) for part in (language, vision, projection)):
         raise CheckpointError(f"{source}: context/model.yaml has no NeVA sub-configs (language/vision/projection).")
     normalization = str(language.get("normalization", "LayerNorm")).lower()
+    if normalization == "layernorm" and language.get("layernorm_zero_centered_gamma", False):
+        normalization = "layernorm1p"
+    activation = _target(language.get("activation_func"))
+    gated = language.get("gated_linear_unit", False)
     text = {
-        "normalization": "rmsnorm" if normalization == "rmsnorm" else normalization,
+        "normalization": normalization,
         "rotary_percentage": language.get("rotary_percent", 1.0),
-        "activation": "swiglu" if language.get("gated_linear_unit") and _target(language.get("activation_func")) == "silu"
-        else _target(language.get("activation_func")),
+        "position_embedding_type": language.get("position_embedding_type", "rope"),
+        "rotary_interleaved": language.get("rotary_interleaved", False),
+        "activation": {(True, "silu"): "swiglu", (False, "squared_relu"): "squared-relu"}.get((gated, activation),
+                                                                                            activation),
         "bias": language.get("add_bias_linear", False),
         "share_embeddings_and_output_weights": language.get("share_embeddings_and_output_weights", False),
         "num_layers": language["num_layers"], "hidden_size": language["hidden_size"],
@@ -231,42 +166,6 @@ def _get(cfg: Mapping, key: str, default=None):
             return default
         node = node[part]
     return node
-
-
-def text_config_from_nemo(cfg: Mapping, source: str) -> LlamaConfig:
-    """transformers' LLaMA config of a NeMo 1 Megatron GPT section; what LLaMA cannot hold is refused, named."""
-    normalization = cfg.get("normalization", "layernorm")
-    if normalization != "rmsnorm":
-        raise CheckpointError(
-            f"{source}: normalization={normalization!r}: NVGPT-style LayerNorm (layernorm1p) language models have no "
-            "exact transformers LLaMA equivalent; only rmsnorm (LLaMA) language models are converted."
-        )
-    if float(cfg.get("rotary_percentage", 1.0)) != 1.0:
-        raise CheckpointError(f"{source}: rotary_percentage={cfg['rotary_percentage']} (partial rotary) is not LLaMA.")
-    if cfg.get("activation", "fast-swiglu") not in ("swiglu", "fast-swiglu"):
-        raise CheckpointError(f"{source}: activation={cfg['activation']!r}; LLaMA needs swiglu.")
-    if cfg.get("bias", False):
-        raise CheckpointError(f"{source}: bias=True; LLaMA's linear layers have no biases.")
-    if cfg.get("share_embeddings_and_output_weights", False):
-        raise CheckpointError(f"{source}: tied input/output embeddings are not supported for NeVA's LLaMA.")
-    if cfg.get("megatron_legacy", False):
-        raise CheckpointError(f"{source}: megatron_legacy=True QKV layout is not supported for GPT language models.")
-    if cfg.get("seq_len_interpolation_factor") not in (None, 1, 1.0):
-        raise CheckpointError(f"{source}: seq_len_interpolation_factor (RoPE scaling) is not supported yet.")
-    heads = cfg["num_attention_heads"]
-    return LlamaConfig(
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["ffn_hidden_size"],
-        num_hidden_layers=cfg["num_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=cfg.get("num_query_groups") or heads,
-        rms_norm_eps=float(cfg.get("layernorm_epsilon", 1e-5)),
-        max_position_embeddings=cfg.get("max_position_embeddings") or cfg.get("encoder_seq_length", 4096),
-        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.get("rotary_base", 10000.0))},
-        tie_word_embeddings=False,
-        attention_bias=False,
-        mlp_bias=False,
-    )
 
 
 def _tokenizer(llm: Path | None, tokenizer: Path | None, source: str):
@@ -353,7 +252,7 @@ def convert_nemo_neva_checkpoint(
             conv_template=template if (template := _get(cfg, "data.conv_template")) in CHAT_TEMPLATES else None,
             **start_end,
         )
-        rules = gpt_rules(text_config, len(hf_tokenizer))
+        rules = nemo1_rules(text_config, len(hf_tokenizer))
         key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo NeVA")
         tp_rules = {p: r[2] for p, r in rules.items() if r is not None}
         converted = _convert_all(checkpoint.shards, rules, key_map, tp_rules)
@@ -414,7 +313,7 @@ def read_lora(checkpoint, source: str) -> dict[int, torch.Tensor]:
     }
 
 
-def merge_lora(converted: dict[str, torch.Tensor], lora: dict[int, torch.Tensor], text: LlamaConfig) -> None:
+def merge_lora(converted: dict[str, torch.Tensor], lora: dict[int, torch.Tensor], text: PreTrainedConfig) -> None:
     """Adds each layer's fused-QKV delta to LLaMA's q/k/v (split as the base weights are)."""
     for layer, delta in lora.items():
         for name, part in zip("qkv", split_gqa_qkv(delta, text.num_attention_heads, text.num_key_value_heads)):
@@ -426,7 +325,7 @@ def merge_lora(converted: dict[str, torch.Tensor], lora: dict[int, torch.Tensor]
 
 def _convert_all(shards, rules, key_map: KeyMap, tp_rules) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint, TP-merged and transformed, under NeVA names."""
-    merged = NevaShards(shards, tp_rules)
+    merged = GptShards(shards, tp_rules)
     out = {}
     for key, (targets, transform) in key_map.plan(merged.keys()).items():
         values = transform(merged[key])
@@ -435,10 +334,10 @@ def _convert_all(shards, rules, key_map: KeyMap, tp_rules) -> dict[str, torch.Te
     return out
 
 
-def _llm_parts(llm: Path, text_config: LlamaConfig, vocab_size: int) -> dict[str, torch.Tensor]:
+def _llm_parts(llm: Path, text_config: PreTrainedConfig, vocab_size: int) -> dict[str, torch.Tensor]:
     if llm.suffix == ".nemo" or (llm / "model_config.yaml").is_file():
         with open_nemo_checkpoint(llm) as checkpoint:
-            rules = gpt_rules(text_config, vocab_size)
+            rules = nemo1_rules(text_config, vocab_size)
             key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo GPT (--llm)")
             tp_rules = {p: r[2] for p, r in rules.items() if r is not None}
             return _convert_all(checkpoint.shards, rules, key_map, tp_rules)
@@ -470,7 +369,7 @@ def _nemo2(checkpoint, vision: Path | None, tokenizer: Path | None, source: str,
         image_token_id=len(hf_tokenizer),
     )
     mcore_tower = not any(key.startswith("vision_model.vision_model.") for key in checkpoint.shards[0])
-    rules = gpt_rules(text_config, len(hf_tokenizer)) | nemo2_part_rules(
+    rules = gpt_rules(text_config, len(hf_tokenizer), "language_model.", legacy=False) | nemo2_part_rules(
         config.vision_config.num_attention_heads if mcore_tower else None
     )
     key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo 2 NeVA")
@@ -486,8 +385,6 @@ def _nemo2(checkpoint, vision: Path | None, tokenizer: Path | None, source: str,
     identity = KeyMap({r"(.+)": ("{0}", same)}, source="assembled NeVA")
     model = build_model(NevaForConditionalGeneration, config, converted, identity)
     _add_image_token(model, hf_tokenizer, notes)
-    from transformers import CLIPImageProcessor
-
     size = config.vision_config.image_size
     image_processor = (
         _image_processor(vision, pad=False)
