@@ -17,7 +17,8 @@ NeVA files usually hold only what was trained, so:
 The NeVA gets an `<image>` special token (embeddings resized to a multiple of 64).
 NeMo 2 (`context/model.yaml` + `weights/` torch_dist, megatron-core `LLaVAModel` keys): every part is in the
 checkpoint; a megatron-core CLIP ViT tower becomes a transformers CLIP tower (its config from model.yaml), an HF CLIP
-tower takes its config from --vision; give --tokenizer. DST appears only once complete; an existing DST needs --force.
+tower takes its config from --vision; the tokenizer is --tokenizer, else the checkpoint's `context/nemo_tokenizer/`.
+DST appears only once complete; an existing DST needs --force.
 """
 
 import argparse

@@ -6,8 +6,8 @@ megatron-core 0.16.1 on CPU under gloo (TP=2, one process per rank): a CLIP ViT 
 token, dropped), an MLP projector (`MultimodalProjector`, "mlp": fc1, GELU, fc2) and a LLaMA-style `GPTModel` (GQA,
 RMSNorm, SwiGLU, RoPE). It writes `OUT_DIR/nemo2/` as NeMo 2 does: `weights/` from `dist_checkpointing.save` of the
 model's `sharded_state_dict(prefix="module.")` (format `torch_dist`) and `context/model.yaml` (NeMo 2's `NevaConfig`
-with its three sub-configs; `vision_feature_layer: -1`, since megatron's own forward takes the ViT's last layer),
-`OUT_DIR/tokenizer/`, and `OUT_DIR/reference.pt` with the inputs, the model's own logits and its 20 greedy tokens.
+with its three sub-configs; `vision_feature_layer: -1`, since megatron's own forward takes the ViT's last layer) and
+`context/nemo_tokenizer/` (the HF tokenizer artifact), `OUT_DIR/tokenizer/`, and `OUT_DIR/reference.pt` with the inputs, the model's own logits and its 20 greedy tokens.
 """
 
 import os
@@ -173,6 +173,7 @@ def worker(rank: int, world_size: int, port: int, out: str) -> None:
         (root / "context").mkdir(parents=True, exist_ok=True)
         (root / "context" / "model.yaml").write_text(yaml.safe_dump(model_yaml(), sort_keys=False))
         tiny_tokenizer(image_token=False).save_pretrained(Path(out) / "tokenizer")
+        tiny_tokenizer(image_token=False).save_pretrained(root / "context" / "nemo_tokenizer")  # NeMo 2's artifact
         expanded = torch.cat([text[:5], torch.full((patches,), -1), text[5:]]).unsqueeze(0)  # -1: image positions
         reference = {"ids": expanded, "pixels": pixels, "logits": logits, "greedy": sequence[:, ids.shape[1] :]}
         torch.save(reference, Path(out) / "reference.pt")

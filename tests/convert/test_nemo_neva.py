@@ -17,6 +17,7 @@ import pytest
 import torch
 from nemo_fixtures import pack_nemo
 from nemo_neva_megatron import VARIANTS
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from hfmm import NevaForConditionalGeneration
 from hfmm.conversion.checkpoints import CheckpointError
@@ -115,6 +116,29 @@ def test_stage1_projector_file_with_llm_and_vision(megatron, tmp_path):
 
 
 @pytest.mark.slow
+def test_stage1_file_with_a_transformers_llm_folder(megatron, tmp_path):
+    """--llm as a transformers `LlamaForCausalLM` folder (with its tokenizer, so no --tokenizer): the same megatron
+    GPT, saved by transformers with the tokenizer's vocabulary, gives megatron's logits and greedy tokens."""
+    variant = megatron / "tp2_gqa_stage1"
+    reference = torch.load(variant / "reference.pt", weights_only=True)
+    convert_nemo_neva_checkpoint(variant / "nemo", tmp_path / "via_nemo", llm=variant / "gpt", vision=variant / "clip",
+                                 tokenizer=variant / "tokenizer")  # fmt: skip
+    neva = NevaForConditionalGeneration.from_pretrained(tmp_path / "via_nemo")
+    tokenizer = AutoTokenizer.from_pretrained(variant / "tokenizer")
+    config = LlamaConfig(**{**neva.config.text_config.to_dict(), "vocab_size": len(tokenizer)})
+    llama = LlamaForCausalLM(config)
+    state = {f"model.{k}": v for k, v in neva.model.language_model.state_dict().items()}
+    state["lm_head.weight"] = neva.lm_head.weight
+    llama.load_state_dict({k: v[: len(tokenizer)] if "embed" in k or "lm_head" in k else v for k, v in state.items()})
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    result = convert_nemo_neva_checkpoint(variant / "nemo", tmp_path / "neva", llm=tmp_path / "llama",
+                                          vision=variant / "clip")  # fmt: skip
+    assert any("language model from" in note for note in result.notes)
+    check_against_megatron(tmp_path / "neva", reference)
+
+
+@pytest.mark.slow
 def test_lora_file_is_merged_into_its_base(megatron, tmp_path):
     """NeMo 1 PEFT (LoRA on the fused QKV, scale alpha/dim = 2) with its base GPT given as --llm; the reference is
     megatron's forward with the adapters merged into the QKV weights."""
@@ -181,7 +205,7 @@ def test_nemo2_neva_matches_megatron_llava_model(tmp_path):
         [sys.executable, str(HERE / "nemo2_neva_megatron.py"), str(out)], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    result = convert_nemo_neva_checkpoint(out / "nemo2", tmp_path / "neva", tokenizer=out / "tokenizer")
+    result = convert_nemo_neva_checkpoint(out / "nemo2", tmp_path / "neva")  # tokenizer: context/nemo_tokenizer/
     assert "torch_dist" in result.weights
     model = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva").eval()
     reference = torch.load(out / "reference.pt", weights_only=True)

@@ -350,7 +350,7 @@ def _nemo2(checkpoint, vision: Path | None, tokenizer: Path | None, source: str,
     """A NeMo 2 NeVA (`weights/` torch_dist + `context/model.yaml`): every part is in the checkpoint."""
     text_kwargs, vision_kwargs, projector, feature_layer = nemo2_configs(checkpoint.config, source)
     text_config = text_config_from_nemo(text_kwargs, source)
-    hf_tokenizer = _tokenizer(None, tokenizer, source)
+    hf_tokenizer = _tokenizer(checkpoint.root / "context" / "nemo_tokenizer", tokenizer, source)  # NeMo 2's copy
     text_config.vocab_size = len(hf_tokenizer)
     if vision_kwargs is None:  # NeMo 2's HF CLIP tower: its config comes from --vision
         if vision is None:
