@@ -21,3 +21,14 @@ def test_short_neva_demo_answers_colour_questions(tmp_path):
     report = run_neva_demo(tmp_path, n_train=960, n_eval=48, epochs=(1, 3))
     assert report["accuracy"] >= 0.5  # chance: 1/8
     assert (tmp_path / "stage1" / "projector.safetensors").is_file()
+    saved = json.loads((tmp_path / "stage2" / "eval.json").read_text())  # written by `hfmm eval --task vqa`'s code
+    assert saved["results"][0]["task"] == "visual-question-answering"
+    assert saved["results"][0]["metrics"]["exact_match"] == report["accuracy"]
+
+
+def test_vqa_answers_are_normalised_before_matching():
+    from hfmm.training.evaluation import normalize_answer
+
+    assert normalize_answer(" The Red.") == normalize_answer("red") == "red"
+    assert normalize_answer("a dark-blue square!") == "dark blue square"
+    assert normalize_answer("red") != normalize_answer("green")

@@ -115,17 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--force", action="store_true", help="replace an existing output folder")
     average.set_defaults(func=soup)
 
-    score = commands.add_parser("eval", help="zero-shot classification and retrieval metrics of a CLIP model")
+    score = commands.add_parser("eval", help="zero-shot/retrieval metrics of a CLIP, VQA exact match of a NeVA")
     score.add_argument("--model", required=True, help="model folder or Hub id")
     score.add_argument(
-        "--task", action="append", default=[], choices=["zero-shot", "retrieval"], help="a task (repeat, with --data)"
+        "--task",
+        action="append",
+        default=[],
+        choices=["zero-shot", "retrieval", "vqa"],
+        help="a task (repeat, with --data)",
     )
     score.add_argument(
         "--data",
         action="append",
         default=[],
         help="the task's data: a folder of class folders or image,label CSV (zero-shot); image,caption CSV/JSONL "
-        "(retrieval)",
+        "(retrieval); a LLaVA-style JSON of questions with reference answers (vqa, a NeVA)",
     )
     score.add_argument(
         "--template", action="append", help='zero-shot prompt template, e.g. "a photo of a {}." (repeat)'

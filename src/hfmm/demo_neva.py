@@ -6,8 +6,8 @@
    demo's own text with `tokenizers`;
 3. run the real recipes, `recipes/neva_stage1.py` (projector only, `plain` template) then `recipes/neva_stage2.py`
    (projector + language model, `v1` template), with `recipes/neva/tiny_demo_stage{1,2}.yaml`;
-4. reload the result through the Auto classes and answer the question for every held-out image with greedy
-   decoding; prints the answer accuracy (chance: 1 / 8 colours).
+4. `hfmm eval --task vqa` on the held-out questions: the saved NeVA answers each through its chat template with greedy
+   decoding, scored by normalised exact match (chance: 1 / 8 colours); the eval JSON is saved beside the model.
 """
 
 import csv
@@ -16,11 +16,8 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    AutoModelForImageTextToText,
-    AutoProcessor,
     CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -31,6 +28,7 @@ from transformers import (
 
 from hfmm.models.neva.processing_neva import NevaProcessor
 from hfmm.resources import recipes_dir
+from hfmm.training.evaluation import run_eval
 from hfmm.training.synthetic import COLOURS, IMAGE_SIZE, make_shapes_dataset
 
 QUESTION = "What colour is the shape?"
@@ -106,23 +104,6 @@ def build_parts(parts: Path, texts: list[str]) -> None:
     llm.save_pretrained(parts / "llm")
 
 
-@torch.no_grad()
-def answer_accuracy(model_dir: Path, held_out: Path, image_folder: Path) -> float:
-    """Greedy answers to the held-out questions, compared with the colour after lower-casing and stripping."""
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    samples = json.loads(held_out.read_text())
-    correct = 0
-    for sample in samples:
-        messages = [{"role": "user", "content": f"<image>\n{QUESTION}"}]
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(images=Image.open(image_folder / sample["image"]).convert("RGB"), text=prompt)
-        output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        answer = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += answer.strip().strip(".").lower() == sample["answer"]
-    return correct / len(samples)
-
-
 def run_neva_demo(
     out: Path, *, n_train: int = 1600, n_eval: int = 160, epochs: tuple[float, float] | None = None
 ) -> dict:
@@ -150,7 +131,8 @@ def run_neva_demo(
     recipes = recipes_dir() / "neva"
     stage1 = _recipe("neva_stage1")(["--config", str(recipes / "tiny_demo_stage1.yaml"), *first])
     stage2 = _recipe("neva_stage2")(["--config", str(recipes / "tiny_demo_stage2.yaml"), *second])
-    accuracy = answer_accuracy(stage2_out, paths["held_out"], data)
+    report = run_eval(stage2_out, [("vqa", paths["held_out"])], output=stage2_out / "eval.json", progress=False)
+    accuracy = report["results"][0]["metrics"]["exact_match"]
     chance = 1 / len(COLOURS)
     print(
         f"\nheld-out answers to {QUESTION!r}: {accuracy:.1%} correct (chance {chance:.1%}); NeVA saved in {stage2_out}"

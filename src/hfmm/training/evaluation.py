@@ -19,6 +19,11 @@ Results follow one JSON schema (written by `run_eval` and `hfmm eval`, read by t
 ```
 
 Metrics are fractions in [0, 1]. Unreadable images are skipped with a warning (and leave the denominators).
+
+- Visual question answering (NeVA, `"task": "visual-question-answering"`, `"metrics": {"exact_match": ...}`): a
+  LLaVA-style JSON of one-question conversations (image paths relative to the file's folder); the model answers
+  greedily through its chat template, and an answer counts when it equals the reference (the first assistant turn, or
+  an `answer` field) after normalisation: lower case, punctuation and the articles a/an/the removed, spaces collapsed.
 """
 
 import csv
@@ -38,7 +43,10 @@ logger = logging.getLogger(__name__)
 
 ZERO_SHOT_TASK = "zero-shot-image-classification"
 RETRIEVAL_TASK = "image-text-retrieval"
+VQA_TASK = "visual-question-answering"
 TASKS = {
+    "vqa": VQA_TASK,
+    VQA_TASK: VQA_TASK,
     "zero-shot": ZERO_SHOT_TASK,
     ZERO_SHOT_TASK: ZERO_SHOT_TASK,
     "retrieval": RETRIEVAL_TASK,
@@ -464,7 +472,7 @@ def run_eval(
     Returns:
         `dict`: `{"model": str(model_path), "results": [...]}`, see the module docstring.
     """
-    from transformers import AutoModel, AutoProcessor
+    from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
     import hfmm  # noqa: F401  (registers hfmm's classes with the Auto classes)
 
@@ -474,13 +482,19 @@ def run_eval(
     if unknown:
         raise ValueError(f"Unknown task(s) {unknown}; choose from {sorted(TASKS)}.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(model_path).to(device).eval()
+    generative = {TASKS[task] == VQA_TASK for task, _ in tasks}
+    if len(generative) > 1:
+        raise ValueError("VQA scores a NeVA, the other tasks a CLIP: run them separately.")
+    loader = AutoModelForImageTextToText if generative.pop() else AutoModel
+    model = loader.from_pretrained(model_path).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     results = []
     for task, dataset_path in tasks:
         if TASKS[task] == ZERO_SHOT_TASK:
             kwargs = {"templates": templates}
             run = zero_shot_classification
+        elif TASKS[task] == VQA_TASK:
+            kwargs, run = {}, visual_question_answering
         else:
             kwargs, run = {}, image_text_retrieval
         results.append(run(model, processor, dataset_path, batch_size=batch_size, progress=progress, **kwargs))
@@ -490,6 +504,50 @@ def run_eval(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, punctuation and the articles a/an/the removed, whitespace collapsed (VQA exact match)."""
+    import string
+
+    text = "".join(" " if char in string.punctuation else char for char in text.lower())
+    return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
+
+
+@torch.no_grad()
+def visual_question_answering(
+    model, processor, dataset_path: str | Path, *, max_new_tokens: int = 16, progress: bool = True, **_
+) -> dict:
+    """Greedy answers of a NeVA to a LLaVA-style JSON of questions, scored by normalised exact match."""
+    path = Path(dataset_path)
+    if not path.is_file():
+        raise ValueError(f"Evaluation data {path} does not exist.")
+    samples = json.loads(path.read_text())
+    correct = total = 0
+    for sample in tqdm(samples, desc=f"vqa {path.name}", disable=not progress):
+        turns = sample["conversations"]
+        question = next(turn["value"] for turn in turns if turn["from"] in ("human", "user"))
+        reference = sample.get("answer") or next(
+            turn["value"] for turn in turns if turn["from"] in ("gpt", "assistant")
+        )
+        prompt = processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+        images = None
+        if sample.get("image"):
+            try:
+                with Image.open(path.parent / sample["image"]) as image:
+                    images = image.convert("RGB")
+            except OSError as error:
+                logger.warning("skipping %s: %s", sample["image"], error)
+                continue
+        inputs = processor(images=images, text=prompt).to(model.device)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answer = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        correct += normalize_answer(answer) == normalize_answer(reference)
+        total += 1
+    if total == 0:
+        raise ValueError(f"{path}: no question could be evaluated.")
+    name, split = dataset_identity(path)
+    return _result(VQA_TASK, name, split, {"exact_match": correct / total})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
