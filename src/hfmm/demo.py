@@ -9,7 +9,6 @@
 """
 
 import csv
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -17,18 +16,9 @@ from pathlib import Path
 from PIL import Image
 from transformers import pipeline
 
-from hfmm.resources import recipes_dir
+from hfmm.resources import recipe_main, recipes_dir
 from hfmm.training.evaluation import run_eval
 from hfmm.training.synthetic import COLOURS, ZERO_SHOT_TEMPLATES, make_colour_imagefolder, make_shapes_dataset
-
-
-def recipe_main():
-    """`main` of `recipes/clip_pretrain.py` (the demo runs the real recipe script, not a copy of it)."""
-    script = recipes_dir() / "clip_pretrain.py"
-    spec = importlib.util.spec_from_file_location("clip_pretrain", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def make_data(data: Path, n_train: int, n_eval: int) -> dict[str, Path]:
@@ -66,7 +56,7 @@ def run_clip_demo(out: Path, *, n_train: int = 2000, n_eval: int = 400, epochs: 
     overrides = ["--train_data", str(paths["train"]), "--output_dir", str(model_dir)]
     if epochs is not None:
         overrides += ["--num_train_epochs", str(epochs)]
-    recipe_main()(["--config", str(recipes_dir() / "clip" / "tiny_demo.yaml"), *overrides])
+    recipe_main("clip_pretrain")(["--config", str(recipes_dir() / "clip" / "tiny_demo.yaml"), *overrides])
 
     template = "a {} square"
     accuracy = pipeline_accuracy(model_dir, paths["colours"], template)

@@ -11,7 +11,6 @@
 """
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -27,18 +26,11 @@ from transformers import (
 )
 
 from hfmm.models.neva.processing_neva import NevaProcessor
-from hfmm.resources import recipes_dir
+from hfmm.resources import recipe_main, recipes_dir
 from hfmm.training.evaluation import run_eval
 from hfmm.training.synthetic import COLOURS, IMAGE_SIZE, make_shapes_dataset
 
 QUESTION = "What colour is the shape?"
-
-
-def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, recipes_dir() / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def _rows(csv_path: Path) -> list[dict]:
@@ -129,8 +121,8 @@ def run_neva_demo(
         first += ["--num_train_epochs", str(epochs[0])]
         second += ["--num_train_epochs", str(epochs[1])]
     recipes = recipes_dir() / "neva"
-    stage1 = _recipe("neva_stage1")(["--config", str(recipes / "tiny_demo_stage1.yaml"), *first])
-    stage2 = _recipe("neva_stage2")(["--config", str(recipes / "tiny_demo_stage2.yaml"), *second])
+    stage1 = recipe_main("neva_stage1")(["--config", str(recipes / "tiny_demo_stage1.yaml"), *first])
+    stage2 = recipe_main("neva_stage2")(["--config", str(recipes / "tiny_demo_stage2.yaml"), *second])
     report = run_eval(stage2_out, [("vqa", paths["held_out"])], output=stage2_out / "eval.json", progress=False)
     accuracy = report["results"][0]["metrics"]["exact_match"]
     chance = 1 / len(COLOURS)

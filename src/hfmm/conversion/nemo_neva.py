@@ -21,9 +21,17 @@ from .checkpoints import CheckpointError
 from .clip_outputs import check_destination
 from .io import atomic_output_dir
 from .key_maps import KeyMap, build_model, same
-from .llava import LLM_PART_KEYS, VISION_PART_KEYS, _add_image_token, _image_processor, _renamed, read_weights
+from .llava import (
+    IDENTITY,
+    LLM_PART_KEYS,
+    VISION_PART_KEYS,
+    _add_image_token,
+    _image_processor,
+    _renamed,
+    read_weights,
+)
 from .megatron_gpt import GptShards, gpt_rules, split_gqa_qkv, text_config_from_nemo
-from .nemo import COLUMN, REPLICATED, ROW
+from .nemo import COLUMN, REPLICATED, ROW, _target_name
 from .nemo_archive import open_nemo_checkpoint
 
 ADAPTER = r"embedding\.word_embeddings\.adapter_layer\.mm_projector_adapter\.mm_projector"
@@ -101,12 +109,6 @@ def class_embedding(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1)
 
 
-def _target(value) -> str:
-    if isinstance(value, Mapping):
-        value = value.get("_target_", "")
-    return str(value).rsplit(".", 1)[-1]
-
-
 def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, str, int]:
     """(NeMo 1-style GPT config, CLIPVisionConfig kwargs or None for an HF tower, projector type, feature layer) of
     NeMo 2's `NevaConfig` in `context/model.yaml`."""
@@ -118,7 +120,7 @@ def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, 
     normalization = str(language.get("normalization", "LayerNorm")).lower()
     if normalization == "layernorm" and language.get("layernorm_zero_centered_gamma", False):
         normalization = "layernorm1p"
-    activation = _target(language.get("activation_func"))
+    activation = _target_name(language.get("activation_func"))
     gated = language.get("gated_linear_unit", False)
     text = {
         "normalization": normalization,
@@ -138,7 +140,7 @@ def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, 
         projection.get("projector_type", "mlp2x_gelu")
     )
     if projector is None or (
-        projector == "mlp2x_gelu" and _target(projection.get("activation_func", "gelu")) != "gelu"
+        projector == "mlp2x_gelu" and _target_name(projection.get("activation_func", "gelu")) != "gelu"
     ):
         raise CheckpointError(
             f"{source}: vision projector {projection.get('projector_type')!r} has no NeVA equivalent."
@@ -146,10 +148,10 @@ def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, 
     if not config.get("drop_vision_class_token", True):
         raise CheckpointError(f"{source}: drop_vision_class_token: false is not supported yet.")
     vision_config = None
-    if not _target(vision).startswith("HFCLIPVision"):
+    if not _target_name(vision).startswith("HFCLIPVision"):
         if vision.get("vision_model_type", "clip") != "clip" or vision.get("class_token_len", 1) != 1:
             raise CheckpointError(f"{source}: only CLIP ViT towers with one class token convert to a CLIP tower.")
-        activation = _target(vision.get("activation_func", "quick_gelu"))
+        activation = _target_name(vision.get("activation_func", "quick_gelu"))
         vision_config = dict(
             hidden_size=vision["hidden_size"], intermediate_size=vision["ffn_hidden_size"],
             num_hidden_layers=vision["num_layers"], num_attention_heads=vision["num_attention_heads"],
@@ -253,9 +255,7 @@ def convert_nemo_neva_checkpoint(
             **start_end,
         )
         rules = nemo1_rules(text_config, len(hf_tokenizer))
-        key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo NeVA")
-        tp_rules = {p: r[2] for p, r in rules.items() if r is not None}
-        converted = _convert_all(checkpoint.shards, rules, key_map, tp_rules)
+        converted = _convert_all(checkpoint.shards, rules, "NeMo NeVA")
         weights_note = checkpoint.weights
     has_llm = "model.language_model.embed_tokens.weight" in converted
     has_tower = any(key.startswith("model.vision_tower.") for key in converted)
@@ -273,8 +273,7 @@ def convert_nemo_neva_checkpoint(
     if not has_tower:
         converted.update(_renamed(read_weights(vision), VISION_PART_KEYS))
         notes.append(f"vision tower from {vision}")
-    identity = KeyMap({r"(.+)": ("{0}", same)}, source="assembled NeVA")
-    model = build_model(NevaForConditionalGeneration, config, converted, identity)
+    model = build_model(NevaForConditionalGeneration, config, converted, IDENTITY)
     _add_image_token(model, hf_tokenizer, notes)
     processor = NevaProcessor.from_model_config(model.config, _image_processor(vision, pad=False), hf_tokenizer)
     with atomic_output_dir(dst, force=force) as tmp:
@@ -323,9 +322,11 @@ def merge_lora(converted: dict[str, torch.Tensor], lora: dict[int, torch.Tensor]
             converted[key] = converted[key] + part.to(converted[key].dtype)
 
 
-def _convert_all(shards, rules, key_map: KeyMap, tp_rules) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint, TP-merged and transformed, under NeVA names."""
-    merged = GptShards(shards, tp_rules)
+def _convert_all(shards, rules: dict, source: str) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, TP-merged and transformed by `rules` (regex -> (targets, transform, TP rule)
+    or None), under NeVA names."""
+    key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source=source)
+    merged = GptShards(shards, {p: r[2] for p, r in rules.items() if r is not None})
     out = {}
     for key, (targets, transform) in key_map.plan(merged.keys()).items():
         values = transform(merged[key])
@@ -338,9 +339,7 @@ def _llm_parts(llm: Path, text_config: PreTrainedConfig, vocab_size: int) -> dic
     if llm.suffix == ".nemo" or (llm / "model_config.yaml").is_file():
         with open_nemo_checkpoint(llm) as checkpoint:
             rules = nemo1_rules(text_config, vocab_size)
-            key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo GPT (--llm)")
-            tp_rules = {p: r[2] for p, r in rules.items() if r is not None}
-            return _convert_all(checkpoint.shards, rules, key_map, tp_rules)
+            return _convert_all(checkpoint.shards, rules, "NeMo GPT (--llm)")
     if not (llm / "config.json").is_file():
         raise CheckpointError(f"--llm {llm}: neither a NeMo GPT checkpoint nor a transformers causal-LM folder.")
     return _renamed(read_weights(llm), LLM_PART_KEYS)
@@ -372,9 +371,7 @@ def _nemo2(checkpoint, vision: Path | None, tokenizer: Path | None, source: str,
     rules = gpt_rules(text_config, len(hf_tokenizer), "language_model.", legacy=False) | nemo2_part_rules(
         config.vision_config.num_attention_heads if mcore_tower else None
     )
-    key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo 2 NeVA")
-    tp_rules = {p: r[2] for p, r in rules.items() if r is not None}
-    converted = _convert_all(checkpoint.shards, rules, key_map, tp_rules)
+    converted = _convert_all(checkpoint.shards, rules, "NeMo 2 NeVA")
     if mcore_tower:  # megatron's ViT has no final LayerNorm; CLIP's post_layernorm is never used by NeVA's features
         width = config.vision_config.hidden_size
         converted["model.vision_tower.post_layernorm.weight"] = torch.ones(width)
@@ -382,8 +379,7 @@ def _nemo2(checkpoint, vision: Path | None, tokenizer: Path | None, source: str,
         notes.append(
             "megatron-core ViT tower: post_layernorm set to identity (unused: features come from a hidden state)"
         )
-    identity = KeyMap({r"(.+)": ("{0}", same)}, source="assembled NeVA")
-    model = build_model(NevaForConditionalGeneration, config, converted, identity)
+    model = build_model(NevaForConditionalGeneration, config, converted, IDENTITY)
     _add_image_token(model, hf_tokenizer, notes)
     size = config.vision_config.image_size
     image_processor = (
