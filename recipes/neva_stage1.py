@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 import hfmm  # noqa: F401  (registers hfmm's classes with the Auto classes)
 from hfmm.training.arguments import NevaDataArguments, NevaModelArguments, RecipeError, parse_recipe
 from hfmm.training.neva import NevaTrainer, load_neva, save_neva
-from hfmm.training.neva_data import NevaCollator, build_conversation_dataset
+from hfmm.training.neva_data import NevaCollator, build_conversation_dataset, modality_lengths
 
 
 def parse(argv: list[str]):
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None, *, stage: int = 1) -> dict:
         data_collator=collator,
         processing_class=processor,
         projector_lr=model_args.projector_lr,
+        modality_lengths=modality_lengths(train_dataset) if data_args.group_by_modality_length else None,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_neva(trainer, processor, model_args, training_args.output_dir)

@@ -8,7 +8,13 @@ from neva_fixtures import tiny_neva
 from PIL import Image
 
 from hfmm.models.neva.processing_neva import CHAT_TEMPLATES, NevaProcessor
-from hfmm.training.neva_data import ConversationTransform, NevaCollator, build_conversation_dataset
+from hfmm.training.neva_data import (
+    ConversationTransform,
+    ModalityLengthGroupedSampler,
+    NevaCollator,
+    build_conversation_dataset,
+    modality_lengths,
+)
 
 CONVERSATION = [
     {"from": "human", "value": "<image>\nWhat colour is the square?"},
@@ -94,3 +100,42 @@ def test_long_samples_are_truncated_unless_images_would_be_cut(tmp_path):
     assert len(example["input_ids"]) == 120 and transform.truncated == 1
     late_image = [{"from": "human", "value": " red" * 200 + "<image>"}, {"from": "gpt", "value": "Red."}]
     assert transform.example(["a.png"], late_image)["skip_reason"] == "too_long"
+
+
+def test_modality_lengths_read_the_raw_rows_not_the_transform(tmp_path):
+    rows = [
+        {"id": "a", "image": "x.png", "conversations": [{"from": "human", "value": "<image>\nwhat"}, {"from": "gpt", "value": "a red square"}]},
+        {"id": "b", "conversations": [{"from": "human", "value": "say hi"}, {"from": "gpt", "value": "hi"}]},
+    ]  # fmt: skip
+    (tmp_path / "data.json").write_text(json.dumps(rows))
+    _, processor = tiny_neva()
+    dataset = build_conversation_dataset(tmp_path / "data.json", processor, image_folder=tmp_path)  # x.png missing
+    assert modality_lengths(dataset) == [5, -3]  # the transform would have had to open x.png
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_modality_grouped_batches_hold_one_modality(world_size):
+    generator = torch.Generator().manual_seed(0)
+    sizes = torch.randint(1, 60, (50,), generator=generator).tolist()
+    lengths = [size if i % 3 else -size for i, size in enumerate(sizes)]  # 17 text-only, 33 with images
+    batch = 4
+    sampler = ModalityLengthGroupedSampler(lengths, batch_size=batch, world_size=world_size, seed=7)
+    order = list(sampler)
+    assert sorted(order) == list(range(50)) and len(sampler) == 50
+    step = batch * world_size
+    full_steps = 33 // step + 17 // step
+    for start in range(0, full_steps * step, step):
+        megabatch = order[start : start + step]
+        assert len({lengths[i] > 0 for i in megabatch}) == 1  # one modality for every device of this step
+        assert [abs(lengths[i]) for i in megabatch] == sorted((abs(lengths[i]) for i in megabatch), reverse=True)
+    # the modalities interleave across steps instead of running one after the other
+    kinds = [lengths[order[start]] > 0 for start in range(0, full_steps * step, step)]
+    assert 0 < sum(kinds) < len(kinds) and kinds != sorted(kinds) and kinds != sorted(kinds, reverse=True)
+    assert list(ModalityLengthGroupedSampler(lengths, batch, world_size, seed=7)) == order  # same on every rank
+    sampler.set_epoch(1)
+    assert list(sampler) != order and sorted(sampler) == list(range(50))
+
+
+def test_modality_grouped_sampler_rejects_zero_lengths():
+    with pytest.raises(ValueError, match="non-zero"):
+        ModalityLengthGroupedSampler([3, 0, -2], batch_size=2)

@@ -197,3 +197,4 @@ class NevaDataArguments:
     train_data: str | None = None  # LLaVA JSON list or JSON lines: {"id", "image", "conversations": [...]}
     image_folder: str | None = None  # folder the `image` paths are relative to
     model_max_length: int | None = None  # truncate longer samples (counted); None: the tokenizer's
+    group_by_modality_length: bool = False  # batches of one modality (image or text-only), similar lengths (LLaVA)

@@ -27,6 +27,7 @@ from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
 from hfmm.models.neva.processing_neva import NevaProcessor
 
 from .arguments import NevaModelArguments, RecipeError
+from .neva_data import ModalityLengthGroupedSampler
 
 logger = logging.getLogger(__name__)
 
@@ -150,12 +151,23 @@ def load_projector(model: NevaForConditionalGeneration, path: str | Path) -> Non
 
 
 class NevaTrainer(Trainer):
-    """`Trainer` with an optional separate learning rate for the projector (LLaVA's LoRA recipe: 2e-5); skipped
-    samples are reported in the training logs."""
+    """`Trainer` with an optional separate learning rate for the projector (LLaVA's LoRA recipe: 2e-5), optional
+    modality-grouped batches (LLaVA's `group_by_modality_length`, given `modality_lengths`); skipped samples are
+    reported in the training logs."""
 
-    def __init__(self, *args, projector_lr: float | None = None, **kwargs):
-        self.projector_lr = projector_lr
+    def __init__(self, *args, projector_lr: float | None = None, modality_lengths: list[int] | None = None, **kwargs):
+        self.projector_lr, self.modality_lengths = projector_lr, modality_lengths
         super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.modality_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return ModalityLengthGroupedSampler(
+            self.modality_lengths,
+            batch_size=self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            world_size=self.args.world_size,
+            seed=self.args.seed,
+        )
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """Adds the samples the collator skipped so far, by reason (`skipped_<reason>`), to the training logs."""

@@ -178,3 +178,56 @@ def build_conversation_dataset(path: str | Path, processor, image_folder=None, m
     """`load_conversations` with the tokenising transform attached lazily (`with_transform`)."""
     transform = ConversationTransform(processor, image_folder, model_max_length)
     return load_conversations(path).with_transform(transform)
+
+
+def modality_lengths(dataset: Dataset) -> list[int]:
+    """LLaVA's `modality_lengths`: a cheap length per sample (words in its turns), positive when it has images and
+    negative when it is text only. Read from the raw rows, so the tokenising transform never runs."""
+    raw = dataset.with_format(None)
+    return [
+        (1 if images else -1) * max(1, sum(len(turn["value"].split()) for turn in conversations))
+        for images, conversations in zip(raw["images"], raw["conversations"])
+    ]
+
+
+class ModalityLengthGroupedSampler(torch.utils.data.Sampler):
+    """LLaVA's `group_by_modality_length`: every device batch holds one modality (image-text or text only), and the
+    samples of one step have similar lengths, so little padding is computed.
+
+    Each modality is shuffled and cut into megabatches of `batch_size * world_size` samples (one step's worth);
+    a megabatch is sorted by length, longest first. The full megabatches of both modalities are shuffled together;
+    the two partial ones go last (the only step that can mix modalities). One index per sample per epoch; the
+    order depends only on `seed` and the epoch, so every rank draws the same one.
+
+    Args:
+        lengths (`list[int]`): `modality_lengths` of the dataset: sign = modality, magnitude = length.
+        batch_size (`int`): samples per device batch (times gradient accumulation steps).
+        world_size (`int`, *optional*, defaults to 1): processes sharing each step.
+        seed (`int`, *optional*, defaults to 0): shuffling seed; the epoch is added to it.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, world_size: int = 1, seed: int = 0):
+        if batch_size < 1 or world_size < 1:
+            raise ValueError(f"batch_size and world_size must be >= 1 (got {batch_size}, {world_size}).")
+        if any(length == 0 for length in lengths):
+            raise ValueError("modality lengths must be non-zero: the sign tells the modality.")
+        self.lengths, self.megabatch, self.seed, self.epoch = list(lengths), batch_size * world_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        full, partial = [], []
+        for sign in (1, -1):
+            group = torch.tensor([i for i, length in enumerate(self.lengths) if length * sign > 0], dtype=torch.long)
+            group = group[torch.randperm(len(group), generator=generator)].tolist()
+            for start in range(0, len(group), self.megabatch):
+                chunk = sorted(group[start : start + self.megabatch], key=lambda i: -abs(self.lengths[i]))
+                (full if len(chunk) == self.megabatch else partial).append(chunk)
+        order = torch.randperm(len(full), generator=generator).tolist()
+        for chunk in [full[i] for i in order] + partial:
+            yield from chunk
