@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .io import atomic_output_dir
+from .io import atomic_output_dir, write_provenance
 
 
 class CheckpointError(ValueError):
@@ -143,10 +143,15 @@ def safe_extract_tar(path: str | Path, dest: str | Path) -> Path:
 # --- writing -----------------------------------------------------------------------------------------------------
 
 
-def write_model_folder(model, dst: str | Path, *, processor=None, force: bool = False, max_shard_size: str = "5GB"):
-    """Saves `model` (safetensors, sharded above `max_shard_size`) and `processor` into `dst` atomically."""
+def write_model_folder(
+    model, dst: str | Path, *, processor=None, force: bool = False, max_shard_size: str = "5GB", provenance=None
+):
+    """Saves `model` (safetensors, sharded above `max_shard_size`) and `processor` into `dst` atomically; a
+    `provenance` dict (`write_provenance`'s keywords) is recorded in `conversion.json`."""
     with atomic_output_dir(dst, force=force) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         if processor is not None:
             processor.save_pretrained(tmp)
+        if provenance is not None:
+            write_provenance(tmp, **provenance)
     return Path(dst)

@@ -112,11 +112,18 @@ def check_differences(differences: dict[str, float], source: str) -> None:
         raise CheckpointError(f"converted embeddings differ from {source}'s ({found} > {TOLERANCE}); nothing written.")
 
 
-def write_clip_folder(model: HfmmCLIPModel, dst: str | Path, *, force: bool, max_shard_size: str) -> Path:
-    """Writes `config.json`, the safetensors weights (sharded above `max_shard_size`), the modeling files and the
-    processor into `dst`, atomically."""
+def write_clip_folder(
+    model: HfmmCLIPModel, dst: str | Path, *, force: bool, max_shard_size: str, provenance: dict | None = None
+) -> Path:
+    """Writes `config.json`, the safetensors weights (sharded above `max_shard_size`), the modeling files, the
+    processor and `conversion.json` (from `provenance`) into `dst`, atomically."""
     return write_model_folder(
-        model, dst, processor=clip_processor(model.config), force=force, max_shard_size=max_shard_size
+        model,
+        dst,
+        processor=clip_processor(model.config),
+        force=force,
+        max_shard_size=max_shard_size,
+        provenance=provenance,
     )
 
 

@@ -1,10 +1,13 @@
 """Output handling shared by the converters: write into a temporary folder beside DST, rename at the end."""
 
 import contextlib
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+PROVENANCE_FILE = "conversion.json"
 
 
 @contextlib.contextmanager
@@ -27,3 +30,20 @@ def atomic_output_dir(dst: str | Path, *, force: bool = False) -> Iterator[Path]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def write_provenance(folder: str | Path, *, converter: str, source: str | Path, notes=(), differences=None) -> Path:
+    """Records where a converted folder came from in `conversion.json` (read by the model cards): the converter
+    script, the source checkpoint, the converter's notes and the measured differences from the source model."""
+    from hfmm import __version__
+
+    record = {
+        "converter": converter,
+        "source": str(source),
+        "notes": list(notes),
+        "max_difference_from_source": differences,
+        "hfmm_version": __version__,
+    }
+    path = Path(folder) / PROVENANCE_FILE
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

@@ -481,7 +481,10 @@ def convert_llava_checkpoint(
         model, processor, difference = _from_original_llava(src, llm, vision, verify_outputs, notes)
     else:
         raise CheckpointError(f"{src}: model_type={model_type!r} is not a LLaVA checkpoint.")
-    write_model_folder(model, dst, processor=processor, force=force, max_shard_size=max_shard_size)
+    provenance = dict(converter="convert/llava_to_hfmm.py", source=src, notes=notes, differences=difference)
+    write_model_folder(
+        model, dst, processor=processor, force=force, max_shard_size=max_shard_size, provenance=provenance
+    )
     return NevaConversionResult(Path(dst), notes, difference)
 
 

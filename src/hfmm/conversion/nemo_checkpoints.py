@@ -141,5 +141,8 @@ def convert_nemo_clip_checkpoint(
         raise FileExistsError(f"{dst} exists; pass --force to overwrite it.")
     with open_nemo_checkpoint(src) as checkpoint:
         model, processor, notes = build_model(checkpoint, progress=progress)
-        write_model_folder(model, dst, processor=processor, force=force, max_shard_size=max_shard_size)
+        provenance = dict(converter="convert/nemo_clip_to_hfmm.py", source=src, notes=notes)
+        write_model_folder(
+            model, dst, processor=processor, force=force, max_shard_size=max_shard_size, provenance=provenance
+        )
         return NemoConversion(dst, checkpoint.weights, notes)

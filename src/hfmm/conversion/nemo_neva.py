@@ -19,7 +19,7 @@ from hfmm.models.neva.processing_neva import CHAT_TEMPLATES, NevaProcessor
 
 from .checkpoints import CheckpointError
 from .clip_outputs import check_destination
-from .io import atomic_output_dir
+from .io import atomic_output_dir, write_provenance
 from .key_maps import KeyMap, build_model, same
 from .llava import (
     IDENTITY,
@@ -213,6 +213,7 @@ def convert_nemo_neva_checkpoint(
             with atomic_output_dir(dst, force=force) as tmp:
                 model.save_pretrained(tmp, max_shard_size=max_shard_size)
                 processor.save_pretrained(tmp)
+                write_provenance(tmp, converter="convert/nemo_neva_to_hfmm.py", source=src, notes=notes)
             return NevaNemoConversion(Path(dst), checkpoint.weights, notes)
         cfg = checkpoint.config
         mm = cfg.get("mm_cfg")
@@ -279,6 +280,7 @@ def convert_nemo_neva_checkpoint(
     with atomic_output_dir(dst, force=force) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
+        write_provenance(tmp, converter="convert/nemo_neva_to_hfmm.py", source=src, notes=notes)
     return NevaNemoConversion(Path(dst), weights_note, notes)
 
 

@@ -346,5 +346,8 @@ def convert_open_clip_checkpoint(
             result.notes.append(skipped)
     else:
         result.notes.append("verification skipped (--no-verify)")
-    write_clip_folder(hfmm_model, dst, force=force, max_shard_size=max_shard_size)
+    provenance = dict(
+        converter="convert/open_clip_to_hfmm.py", source=src, notes=result.notes, differences=result.differences
+    )
+    write_clip_folder(hfmm_model, dst, force=force, max_shard_size=max_shard_size, provenance=provenance)
     return result

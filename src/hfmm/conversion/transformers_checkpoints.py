@@ -155,5 +155,8 @@ def convert_transformers_checkpoint(
         result.differences = verify(model, src)
     else:
         result.notes.append("verification skipped (--no-verify)")
-    write_clip_folder(model, dst, force=force, max_shard_size=max_shard_size)
+    provenance = dict(
+        converter="convert/transformers_to_hfmm.py", source=src, notes=result.notes, differences=result.differences
+    )
+    write_clip_folder(model, dst, force=force, max_shard_size=max_shard_size, provenance=provenance)
     return result
