@@ -12,6 +12,7 @@ import sys
 from transformers import TrainingArguments
 
 import hfmm  # noqa: F401  (registers hfmm's classes with the Auto classes)
+from hfmm.cards import record_training_run
 from hfmm.training.arguments import CLIPDataArguments, CLIPModelArguments, RecipeError, parse_recipe
 from hfmm.training.data import CLIPCollator, build_eval_dataset, build_train_dataset
 from hfmm.training.evaluation import ZeroShotEvalCallback
@@ -29,7 +30,8 @@ def parse(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> dict:
     # ----------------------------------------------------------------------------------------------- arguments
-    model_args, data_args, training_args = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, training_args = parse(argv)
     # Images and captions are decoded by the collator: the Trainer must not drop the raw columns.
     training_args.remove_unused_columns = False
 
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     # ---------------------------------------------------------------------------------------------------- save
+    # the run's record first: with push_to_hub, save_model uploads, and the card is rendered from it
+    record_training_run(trainer, training_args.output_dir, [data_args.train_data], argv[argv.index("--config") + 1])
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)

@@ -12,6 +12,7 @@ import sys
 from transformers import TrainingArguments
 
 import hfmm  # noqa: F401  (registers hfmm's classes with the Auto classes)
+from hfmm.cards import push, record_training_run
 from hfmm.training.arguments import NevaDataArguments, NevaModelArguments, RecipeError, parse_recipe
 from hfmm.training.neva import NevaTrainer, load_neva, save_neva
 from hfmm.training.neva_data import NevaCollator, build_conversation_dataset, modality_lengths
@@ -26,7 +27,8 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str] | None = None, *, stage: int = 1) -> dict:
-    model_args, data_args, training_args = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, training_args = parse(argv)
     if stage == 1 and (not model_args.freeze_language_model or not model_args.freeze_vision_tower):
         raise RecipeError(
             "stage 1 trains only the projector: keep freeze_language_model and freeze_vision_tower true."
@@ -50,7 +52,12 @@ def main(argv: list[str] | None = None, *, stage: int = 1) -> dict:
         modality_lengths=modality_lengths(train_dataset) if data_args.group_by_modality_length else None,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # the run's record (steps, hardware, recipe) is what the model card is rendered from
+    record_training_run(trainer, training_args.output_dir, [data_args.train_data], argv[argv.index("--config") + 1])
     save_neva(trainer, processor, model_args, training_args.output_dir)
+    if training_args.push_to_hub and trainer.is_world_process_zero():  # one commit, with hfmm's card
+        repo = trainer.hub_model_id or training_args.hub_model_id
+        push(training_args.output_dir, repo, private=bool(training_args.hub_private_repo))
     return {"train": result.metrics, "log_history": trainer.state.log_history, "skipped": dict(collator.skipped)}
 
 

@@ -91,6 +91,50 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card_options(args: argparse.Namespace) -> dict:
+    return dict(
+        eval_report=args.eval,
+        recipe=args.recipe,
+        license=args.license,
+        base_model=args.base_model,
+        datasets=args.dataset or None,
+    )
+
+
+def card(args: argparse.Namespace) -> int:
+    from hfmm.cards import write_card
+
+    path = write_card(args.dir, repo_id=args.repo_id, **_card_options(args))
+    print(f"wrote {path}")
+    return 0
+
+
+def push(args: argparse.Namespace) -> int:
+    from hfmm.cards import PushError, push
+
+    try:
+        result = push(
+            args.dir, args.repo, private=args.private, fmt=args.format, dry_run=args.dry_run, **_card_options(args)
+        )
+    except PushError as error:
+        print(f"hfmm push: error: {error}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print(f"would upload {len(result.files)} files to {args.repo} in one commit:")
+        print("\n".join(f"  {name}" for name in result.files))
+    else:
+        print(f"uploaded {len(result.files)} files to {args.repo}: {result.commit_url}")
+    return 0
+
+
+def _add_card_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--eval", help="an `hfmm eval` JSON (default: DIR/eval.json when present)")
+    command.add_argument("--recipe", help="the recipe YAML the model was trained with")
+    command.add_argument("--license", help="license identifier for the card, e.g. mit, apache-2.0")
+    command.add_argument("--base-model", help="Hub id of the model this one was converted or fine-tuned from")
+    command.add_argument("--dataset", action="append", default=[], help="a training dataset's Hub id (repeat)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfmm", description="CLIP and NeVA models, native to transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
     score.add_argument("--out", help="write the results as JSON here")
     score.set_defaults(func=evaluate)
+
+    describe = commands.add_parser("card", help="write DIR/README.md: a model card from the folder and its results")
+    describe.add_argument("dir", help="a saved hfmm model folder")
+    describe.add_argument("--repo-id", help="the Hub id the usage snippet loads (default: the folder name)")
+    _add_card_arguments(describe)
+    describe.set_defaults(func=card)
+
+    upload = commands.add_parser("push", help="upload a model folder to the Hub in one commit, with its card")
+    upload.add_argument("dir", help="a saved hfmm model folder")
+    upload.add_argument("--repo", required=True, help="the Hub repository, org/name")
+    upload.add_argument("--private", action="store_true", help="create the repository private")
+    upload.add_argument(
+        "--format",
+        choices=["hfmm", "transformers"],
+        default="hfmm",
+        help="hfmm: the folder as is (remote code for transformers-only users); transformers: the native export",
+    )
+    upload.add_argument("--dry-run", action="store_true", help="list what would be uploaded; no token or network")
+    _add_card_arguments(upload)
+    upload.set_defaults(func=push)
 
     show = commands.add_parser("demo", help="train a tiny CLIP on generated shapes and evaluate it zero-shot")
     show.add_argument("--out", default="demo_output", help="output folder")

@@ -169,6 +169,12 @@ class NevaTrainer(Trainer):
             seed=self.args.seed,
         )
 
+    def create_model_card(self, **kwargs) -> None:
+        """hfmm's card (config, training run, eval results) instead of the generic one."""
+        from hfmm.cards import trainer_model_card
+
+        trainer_model_card(self, **kwargs)
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """Adds the samples the collator skipped so far, by reason (`skipped_<reason>`), to the training logs."""
         skipped = getattr(self.data_collator, "skipped", None)

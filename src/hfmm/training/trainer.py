@@ -86,6 +86,12 @@ class CLIPTrainer(Trainer):
             return siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias, **kwargs)
         return clip_loss(image_embeds, text_embeds, logit_scale, logit_bias=logit_bias, **kwargs)
 
+    def create_model_card(self, **kwargs) -> None:
+        """hfmm's card (config, training run, eval results) instead of the generic one: `push_to_hub` uploads it."""
+        from hfmm.cards import trainer_model_card
+
+        trainer_model_card(self, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], return_logits=False)
         loss = self.contrastive_loss(
