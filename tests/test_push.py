@@ -187,7 +187,9 @@ def test_recipe_push_to_hub_uploads_hfmm_card(hub, tmp_path):
                "--hub_model_id", "org/tiny-clip"]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    readmes = [line["value"] for commit in double.commits for line in commit[1:] if line["value"]["path"] == "README.md"]
+    readmes = [
+        line["value"] for commit in double.commits for line in commit[1:] if line["value"]["path"] == "README.md"
+    ]
     assert readmes, [line["value"]["path"] for commit in double.commits for line in commit[1:]]
     card = base64.b64decode(readmes[-1]["content"]).decode()
     front = yaml.safe_load(card.split("---")[1])
