@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from hub_double import hub  # noqa: F401  (the `hub` fixture: a local test double of the Hub's HTTP API)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

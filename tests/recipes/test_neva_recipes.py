@@ -193,3 +193,30 @@ def test_accelerate_launch_runs_both_stages_and_bad_samples_are_counted(parts, t
     )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     assert isinstance(NevaForConditionalGeneration.from_pretrained(tmp_path / "stage2"), NevaForConditionalGeneration)
+
+
+def test_stage1_push_to_hub_is_one_commit_with_hfmm_card(parts, tmp_path, hub):
+    """`push_to_hub: true`: stage 1's NeVA and projector go up in one commit with hfmm's card (via the local Hub
+    test double: no network here)."""
+    import base64
+    import os
+    import subprocess
+    import sys
+
+    endpoint, double = hub
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="0", HF_TOKEN="hf_test")
+    command = [sys.executable, str(RECIPES / "neva_stage1.py"), "--config", str(RECIPES / "neva" / "tiny_demo_stage1.yaml"),
+               "--vision_tower", str(parts / "clip"), "--language_model", str(parts / "llm"),
+               "--train_data", str(parts / "data" / "captions.json"), "--image_folder", str(parts / "data"),
+               "--output_dir", str(tmp_path / "stage1"), "--max_steps", "1", "--push_to_hub", "true",
+               "--hub_model_id", "org/tiny-neva"]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (commit,) = double.commits
+    files = {line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in commit[1:]}
+    assert {"README.md", "config.json", "model.safetensors", "projector.safetensors", "modeling_neva.py",
+            "training_run.json", "recipe.yaml"} <= set(files)  # fmt: skip
+    card = files["README.md"].decode()
+    assert "pipeline_tag: image-text-to-text" in card and "Trained for 1 step " in card
+    assert 'model_id = "org/tiny-neva"' in card
