@@ -201,3 +201,27 @@ def test_snippet_of_a_card_is_valid_python():
     for name in ("clip.md", "neva.md"):
         text = (ROOT / "model_cards" / name).read_text()
         compile(textwrap.dedent(python_block(text)).replace("{{ repo_id }}", "x"), name, "exec")
+
+
+def test_native_export_push_plans(tmp_path):
+    """`--format transformers`: a NeVA goes up as transformers' Llava (no remote code); a ConvNeXt CLIP, which
+    `CLIPModel` cannot hold, is refused with the reason and nothing else happens."""
+    from conftest import tiny_clip_config
+
+    from hfmm import HfmmCLIPModel
+    from hfmm.conversion.clip_outputs import clip_processor
+
+    folder = save_tiny_neva(tmp_path / "neva")
+    files = push(folder, "org/tiny-neva", fmt="transformers", dry_run=True).files
+    assert "README.md" in files and "model.safetensors" in files and not any(f.endswith(".py") for f in files)
+    convnext = tiny_clip_config(vision={"model_type": "hfmm_convnext_vision_model", "timm_model_name": "convnext_atto",
+                                        "hidden_size": 320, "image_size": 32})  # fmt: skip
+    model = HfmmCLIPModel(convnext)
+    model.save_pretrained(tmp_path / "convnext")
+    clip_processor(model.config).save_pretrained(tmp_path / "convnext")
+    with pytest.raises(CardError, match="no native transformers form.*hfmm_convnext_vision_model image tower"):
+        push(tmp_path / "convnext", "org/convnext", fmt="transformers", dry_run=True)
+    assert (
+        hfmm_main(["push", str(tmp_path / "convnext"), "--repo", "org/c", "--format", "transformers", "--dry-run"])
+        == 2
+    )
