@@ -25,13 +25,15 @@ def parse(argv: list[str]):
         raise RecipeError("usage: clip_pretrain.py --config RECIPE.yaml [--key value ...]")
     index = argv.index("--config")
     config_file, overrides = argv[index + 1], argv[:index] + argv[index + 2 :]
-    return parse_recipe((CLIPModelArguments, CLIPDataArguments, TrainingArguments), config_file, overrides)
+    return (
+        *parse_recipe((CLIPModelArguments, CLIPDataArguments, TrainingArguments), config_file, overrides),
+        config_file,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     # ----------------------------------------------------------------------------------------------- arguments
-    argv = sys.argv[1:] if argv is None else argv
-    model_args, data_args, training_args = parse(argv)
+    model_args, data_args, training_args, config_file = parse(sys.argv[1:] if argv is None else argv)
     # Images and captions are decoded by the collator: the Trainer must not drop the raw columns.
     training_args.remove_unused_columns = False
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---------------------------------------------------------------------------------------------------- save
     # the run's record first: with push_to_hub, save_model uploads, and the card is rendered from it
-    record_training_run(trainer, training_args.output_dir, [data_args.train_data], argv[argv.index("--config") + 1])
+    record_training_run(trainer, training_args.output_dir, [data_args.train_data], config_file)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)

@@ -23,12 +23,14 @@ def parse(argv: list[str]):
         raise RecipeError("usage: neva_stage1.py --config RECIPE.yaml [--key value ...]")
     index = argv.index("--config")
     config_file, overrides = argv[index + 1], argv[:index] + argv[index + 2 :]
-    return parse_recipe((NevaModelArguments, NevaDataArguments, TrainingArguments), config_file, overrides)
+    return (
+        *parse_recipe((NevaModelArguments, NevaDataArguments, TrainingArguments), config_file, overrides),
+        config_file,
+    )
 
 
 def main(argv: list[str] | None = None, *, stage: int = 1) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    model_args, data_args, training_args = parse(argv)
+    model_args, data_args, training_args, config_file = parse(sys.argv[1:] if argv is None else argv)
     if stage == 1 and (not model_args.freeze_language_model or not model_args.freeze_vision_tower):
         raise RecipeError(
             "stage 1 trains only the projector: keep freeze_language_model and freeze_vision_tower true."
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None, *, stage: int = 1) -> dict:
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # the run's record (steps, hardware, recipe) is what the model card is rendered from
-    record_training_run(trainer, training_args.output_dir, [data_args.train_data], argv[argv.index("--config") + 1])
+    record_training_run(trainer, training_args.output_dir, [data_args.train_data], config_file)
     save_neva(trainer, processor, model_args, training_args.output_dir)
     if training_args.push_to_hub and trainer.is_world_process_zero():  # one commit, with hfmm's card
         repo = trainer.hub_model_id or training_args.hub_model_id

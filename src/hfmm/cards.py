@@ -13,19 +13,20 @@ files for remote code, the safetensors weights and the processor files; checkpoi
 
 import dataclasses
 import json
+import math
 import platform
 import shutil
-import struct
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from safetensors import safe_open
 
+from hfmm.conversion.io import PROVENANCE_FILE
 from hfmm.resources import model_cards_dir
 
-PROVENANCE_FILE = "conversion.json"
 TRAINING_RUN_FILE = "training_run.json"
 RECIPE_FILE = "recipe.yaml"
 PIPELINE_TAGS = {"hfmm_clip": "zero-shot-image-classification", "hfmm_siglip": "zero-shot-image-classification",
@@ -110,15 +111,8 @@ def parameter_count(folder: Path) -> int | None:
         return None
     total = 0
     for file in files:
-        with open(file, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in entry["shape"]:
-                    count *= dim
-                total += count
+        with safe_open(str(file), framework="pt") as handle:
+            total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
     return total
 
 
@@ -250,7 +244,7 @@ def render_card(
         recipe (`str` or `Path`, *optional*): the recipe YAML the model was trained with.
         repo_id (`str`, *optional*): the Hub id the usage snippet loads; defaults to the folder name.
         license (`str`, *optional*), base_model (`str` or `list[str]`, *optional*), datasets (`list[str]`,
-            *optional*): front-matter fields; `datasets` defaults to the training run's.
+            *optional*): front-matter fields (`datasets`: Hub dataset ids; the training data's paths are in the body).
         training_run (`dict`, *optional*): what `record_training_run` writes; defaults to the folder's
             `training_run.json`.
         native (`bool`, *optional*, defaults to `False`): the card of the folder's native transformers export
@@ -283,7 +277,6 @@ def render_card(
     neva = model_type == "neva"
     custom_code = bool(config.get("auto_map")) and not native
     repo_id = repo_id or folder.resolve().name
-    datasets = datasets or None  # Hub dataset ids only; the training data's local paths are in the body
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=PIPELINE_TAGS[model_type],
@@ -362,7 +355,6 @@ def record_training_run(
         },
     }
     path = Path(output_dir) / TRAINING_RUN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 
@@ -392,13 +384,11 @@ def upload_plan(model_dir: str | Path) -> list[str]:
     plan = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if path.is_symlink() or not path.is_file():
-            continue
-        if any(part.startswith(LOCAL_ONLY_DIRS) for part in relative.parts[:-1]) or relative.name.startswith(
-            LOCAL_ONLY
-        ):
-            continue
-        plan.append(relative.as_posix())
+        local_only = relative.name.startswith(LOCAL_ONLY) or any(
+            part.startswith(LOCAL_ONLY_DIRS) for part in relative.parts[:-1]
+        )
+        if path.is_file() and not path.is_symlink() and not local_only:
+            plan.append(relative.as_posix())
     return plan
 
 
@@ -460,7 +450,7 @@ def push(
             return PushResult(files)
         token = token or get_token()
         if token is None:
-            raise PushError(f"push to {repo_id} failed, nothing was uploaded: {NO_TOKEN}.")
+            raise PushError(_failure(repo_id, NO_TOKEN))
         operations = [
             CommitOperationAdd(path_in_repo=name, path_or_fileobj=made[name] if name in made else str(folder / name))
             for name in files
@@ -472,11 +462,15 @@ def push(
                 repo_id, operations, commit_message=commit_message or f"Upload {model_dir.name} with hfmm"
             )
         except Exception as error:  # huggingface_hub and httpx raise many types; one message for all of them
-            raise PushError(_explain(error, repo_id)) from error
+            raise PushError(_failure(repo_id, _reason(error, repo_id))) from error
     return PushResult(files, info.commit_url)
 
 
-def _explain(error: Exception, repo_id: str) -> str:
+def _failure(repo_id: str, reason: str) -> str:
+    return f"push to {repo_id} failed, nothing was uploaded: {reason}."
+
+
+def _reason(error: Exception, repo_id: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
     status = getattr(getattr(error, "response", None), "status_code", None)
@@ -490,4 +484,4 @@ def _explain(error: Exception, repo_id: str) -> str:
         reason = f"the Hub answered {status}: {' '.join(str(error).split())[:300]}"
     else:
         reason = f"the Hub cannot be reached ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
-    return f"push to {repo_id} failed, nothing was uploaded: {reason}."
+    return reason
