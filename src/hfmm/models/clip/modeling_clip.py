@@ -317,9 +317,8 @@ class HfmmCLIPTextModel(HfmmCLIPPreTrainedModel):
         if input_ids is None:
             raise ValueError("`input_ids` are required.")
         hidden_states = self.embeddings(input_ids, position_ids)  # (B, T, W)
-        causal_mask = create_causal_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, past_key_values=None
-        )
+        # no cache: positional, since the parameter is `past_key_values` before transformers 5.25 and `cache` after
+        causal_mask = create_causal_mask(self.config, hidden_states, attention_mask, None)
         kwargs.pop("is_causal", None)
         encoder_outputs = self.encoder(hidden_states, causal_mask, is_causal=True, **kwargs)
         last_hidden_state = self.final_layer_norm(encoder_outputs.last_hidden_state)
