@@ -11,6 +11,7 @@ from conftest import tiny_clip_config
 from transformers import TrainingArguments
 
 from hfmm import HfmmCLIPModel
+from hfmm.losses import clip_loss
 from hfmm.training.trainer import CLIPTrainer, LogitScaleClampCallback
 
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -73,6 +74,47 @@ def test_grad_cache_gradients_equal_full_batch(tmp_path, chunk):
     cached_error = max_diff({n: g.double() for n, g in cached.items()}, exact)
     assert cached_error <= 1.25 * full_error + 1e-7
     assert full["logit_scale"].abs().item() > 1e-3  # the scale gradient is real and carried through the cache
+
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grad_cache_replays_dropout_randomness(tmp_path, device):
+    """With patch dropout and attention dropout on, GradCache's second forward of each chunk must draw the same masks
+    as its first (the cached embeddings): its gradients equal those of the same chunks embedded once with gradients.
+    A second forward without the restored RNG state draws other masks and misses by orders of magnitude."""
+    config = tiny_clip_config(
+        vision={"drop_patch_rate": 0.5, "attention_dropout": 0.3}, text={"attention_dropout": 0.3}
+    )
+    batch = {k: v.to(device) for k, v in batch_of(16, torch.float64).items()}
+    torch.manual_seed(0)
+    model = HfmmCLIPModel(config).double().to(device).train()
+
+    torch.manual_seed(1)  # the reference: every chunk embedded once, with gradients, in GradCache's order
+    outs = [model(pixel_values=batch["pixel_values"][i : i + 4], input_ids=batch["input_ids"][i : i + 4],
+                  return_logits=False) for i in range(0, 16, 4)]  # fmt: skip
+    image, text = (torch.cat([getattr(o, name) for o in outs]) for name in ("image_embeds", "text_embeds"))
+    clip_loss(image, text, outs[-1].logit_scale, mode="local").backward()
+    expected = {name: param.grad.clone() for name, param in model.named_parameters()}
+    with torch.no_grad():
+        without_dropout = model.eval()(**batch, return_logits=False).image_embeds
+    model.train().zero_grad(set_to_none=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=device == "cpu", report_to=[], per_device_train_batch_size=16
+    )
+    trainer = CLIPTrainer(model=model, args=args, grad_cache_chunk_size=4, loss_mode="local")
+    trainer.current_gradient_accumulation_steps = 1
+    torch.manual_seed(1)
+    trainer.training_step(model, dict(batch))
+    got = {name: param.grad for name, param in model.named_parameters()}
+    assert max_diff(expected, got) <= 1e-12
+    assert (image.detach() - without_dropout).abs().max() > 1e-5  # dropout really changed the embeddings (~1e-3)
 
 
 def test_grad_cache_trains_a_contrastive_batch_8x_the_device_batch(tmp_path):
