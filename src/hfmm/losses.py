@@ -48,7 +48,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["DEFAULT_TILE_SIZE", "RING_TILE_SIZE", "clip_loss", "naive_clip_loss", "naive_siglip_loss", "siglip_loss"]
+__all__ = [
+    "CUDA_TILE_SIZE",
+    "DEFAULT_TILE_SIZE",
+    "RING_TILE_SIZE",
+    "clip_loss",
+    "naive_clip_loss",
+    "naive_siglip_loss",
+    "siglip_loss",
+]
 
 MODES = ("auto", "local", "gather", "ring")
 # Fastest of 512 / 1024 / 2048 for CLIP at B = 16384, d = 512 on a 2-core AVX-512 CPU (7.7 s vs 9.7 s and 7.8 s,
@@ -57,6 +65,10 @@ DEFAULT_TILE_SIZE = 1024
 # A ring rank also holds three messages of tile * (2 d + 2) floats; at 512 its memory beyond the gradients stays a
 # few MiB (42 vs 55 MiB per rank at B = 16384 on 2 ranks, same speed: BENCHMARKS.md).
 RING_TILE_SIZE = 512
+# On a GPU a 1024 tile leaves the device idle between small kernels: on an H200 (fp32, d = 512, one process) tile 1024
+# took 4x OpenCLIP's time, tile 8192 0.86-0.89x, with 0.7-1.1 GiB beyond the inputs from B = 8192 to 131072
+# (`benchmarks/bench_loss_cuda.py`, BENCHMARKS.md). A ring message is then 8192 * (2 d + 2) floats (32 MiB at d = 512).
+CUDA_TILE_SIZE = 8192
 
 
 # ----------------------------------------------------------------------------------------------------- public API
@@ -88,8 +100,8 @@ def clip_loss(
         group (`torch.distributed.ProcessGroup`, *optional*):
             The ranks whose batches form the global batch; defaults to the default group.
         tile_size (`int`, *optional*):
-            Rows and columns per logit tile, and columns per ring message. Defaults to `DEFAULT_TILE_SIZE` (1024), or
-            `RING_TILE_SIZE` (512) in ring mode.
+            Rows and columns per logit tile, and columns per ring message. Defaults to `CUDA_TILE_SIZE` (8192) for
+            CUDA tensors; on the CPU to `DEFAULT_TILE_SIZE` (1024), or `RING_TILE_SIZE` (512) in ring mode.
 
     Returns:
         `torch.Tensor`: 0-dim, float32 (float64 for float64 embeddings), this rank's share of the loss; the mean over
@@ -97,7 +109,9 @@ def clip_loss(
     """
     _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias, tile_size)
     comm = _communicator(mode, group, image_embeds)
-    return _ClipLoss.apply(image_embeds, text_embeds, logit_scale, logit_bias, comm, tile_size or _default_tile(comm))
+    return _ClipLoss.apply(
+        image_embeds, text_embeds, logit_scale, logit_bias, comm, tile_size or _default_tile(comm, image_embeds)
+    )
 
 
 @torch.compiler.disable
@@ -133,7 +147,7 @@ def siglip_loss(
     _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias, tile_size)
     comm = _communicator(mode, group, image_embeds)
     return _SigLipLoss.apply(
-        image_embeds, text_embeds, logit_scale, logit_bias, comm, tile_size or _default_tile(comm)
+        image_embeds, text_embeds, logit_scale, logit_bias, comm, tile_size or _default_tile(comm, image_embeds)
     )
 
 
@@ -200,7 +214,9 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _default_tile(comm: _Comm | None) -> int:
+def _default_tile(comm: _Comm | None, embeds: torch.Tensor) -> int:
+    if embeds.device.type == "cuda":
+        return CUDA_TILE_SIZE
     return RING_TILE_SIZE if comm is not None and comm.mode == "ring" else DEFAULT_TILE_SIZE
 
 

@@ -1,0 +1,173 @@
+"""CUDA paths that have a CPU twin: each result on the GPU is compared with the same computation on the CPU.
+
+Every test here needs a CUDA GPU and skips without one (CI has none; they are run on a lent GPU machine with
+`pytest -m gpu`). The GradCache dropout test and the loss tests have CUDA cases in their own files.
+"""
+
+import pytest
+import torch
+from conftest import tiny_clip_config
+from neva_fixtures import save_tiny_neva, tiny_neva
+from PIL import Image
+from transformers import AutoModelForImageTextToText, TrainerCallback, TrainingArguments
+
+from hfmm import HfmmCLIPModel
+from hfmm.losses import CUDA_TILE_SIZE, clip_loss
+from hfmm.training.trainer import CLIPTrainer
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Full fp32 matmuls, so fp32 results can be held to fp32 tolerances."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def clip_batch(n: int, seed: int = 3) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 49000, (n, 12), generator=generator)
+    ids[:, 0], ids[:, -1] = 49406, 49407
+    return {"pixel_values": torch.randn(n, 3, 30, 30, generator=generator), "input_ids": ids}
+
+
+def test_clip_embeddings_on_cuda_equal_cpu():
+    model = HfmmCLIPModel(tiny_clip_config()).eval()
+    batch = clip_batch(8)
+    with torch.no_grad():
+        cpu = model(**batch, return_logits=False)
+        model.cuda()
+        gpu = model(**{k: v.cuda() for k, v in batch.items()}, return_logits=False)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = model(**{k: v.cuda() for k, v in batch.items()}, return_logits=False)
+    for name in ("image_embeds", "text_embeds"):
+        assert (getattr(gpu, name).cpu() - getattr(cpu, name)).abs().max() <= 1e-5, name
+        assert (getattr(bf16, name).float().cpu() - getattr(cpu, name)).abs().max() <= 5e-2, name
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __init__(self, n: int = 64):
+        self.batch = clip_batch(n, seed=5)
+
+    def __len__(self):
+        return len(self.batch["input_ids"])
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.batch.items()}
+
+
+class _FirstGradients(TrainerCallback):
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = torch.cat([p.grad.float().flatten() for p in model.parameters()])
+
+
+def _first_step_gradients(tmp_path, bf16: bool, grad_cache: int | None) -> tuple[torch.Tensor, set]:
+    torch.manual_seed(0)
+    model = HfmmCLIPModel(tiny_clip_config())
+    dtypes = set()
+    model.text_model.encoder.layers[0].mlp.fc1.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=32, max_steps=1, bf16=bf16,
+        save_strategy="no", remove_unused_columns=False, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    recorder = _FirstGradients()
+    trainer = CLIPTrainer(
+        model=model, args=args, train_dataset=_Pairs(), grad_cache_chunk_size=grad_cache, callbacks=[recorder]
+    )
+    trainer.train()
+    assert next(model.parameters()).device.type == "cuda"
+    return recorder.grads, dtypes
+
+
+def test_clip_trainer_bf16_with_grad_cache_on_cuda_tracks_fp32(tmp_path):
+    """The Trainer's bf16 autocast with GradCache (4 chunks) and the tiled loss on the GPU: the first step's gradient
+    is the fp32 full-batch gradient to bf16 precision (2.5e-2 relative on the CPU's bf16 autocast)."""
+    reference, reference_dtypes = _first_step_gradients(tmp_path / "fp32", bf16=False, grad_cache=None)
+    mixed, mixed_dtypes = _first_step_gradients(tmp_path / "bf16", bf16=True, grad_cache=8)
+    assert reference_dtypes == {torch.float32} and mixed_dtypes == {torch.bfloat16}
+    assert ((mixed - reference).norm() / reference.norm()).item() <= 0.1
+
+
+def test_tiled_loss_memory_on_cuda_grows_linearly():
+    """Peak CUDA memory of forward + backward at B = 65,536, d = 512 (fp32): the B x B logits alone would be 16 GiB;
+    the tiled loss needs the inputs' gradients and a few (tile x tile) blocks whatever the batch (864 MiB measured on
+    an H200 at the CUDA default tile of 8192)."""
+    batch, dim = 65536, 512
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(batch, dim, device="cuda", generator=generator), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(batch, dim, device="cuda", generator=generator), dim=-1)
+    image.requires_grad_(), text.requires_grad_()
+    scale = torch.tensor(20.0, device="cuda", requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss = clip_loss(image, text, scale, mode="local")
+    loss.backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    gradients, tiles = 2 * batch * dim * 4, 4 * CUDA_TILE_SIZE**2 * 4
+    assert torch.isfinite(loss) and image.grad is not None and scale.grad is not None
+    assert peak <= gradients + tiles, f"peak {peak / 2**20:.0f} MiB above the inputs"
+    # the same loss on a slice of the batch, in fp64, equals the naive B x B computation there
+    sub_image, sub_text = image[:2048].detach().double(), text[:2048].detach().double()
+    naive_logits = 20.0 * sub_image @ sub_text.t()
+    labels = torch.arange(2048, device="cuda")
+    naive = (
+        torch.nn.functional.cross_entropy(naive_logits, labels)
+        + torch.nn.functional.cross_entropy(naive_logits.t(), labels)
+    ) / 2
+    tiled = clip_loss(sub_image, sub_text, torch.tensor(20.0, device="cuda", dtype=torch.float64), mode="local")
+    assert (tiled - naive).abs().item() <= 1e-12
+
+
+def _neva_inputs(device: str) -> dict:
+    _, processor = tiny_neva()
+    inputs = processor(
+        images=Image.new("RGB", (40, 40), (220, 20, 20)),
+        text="<image> What colour is the square?",
+        return_tensors="pt",
+    )
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def test_neva_logits_and_greedy_answer_on_cuda_equal_cpu():
+    model, _ = tiny_neva()
+    with torch.no_grad():
+        cpu_logits = model(**_neva_inputs("cpu")).logits
+        cpu_ids = model.generate(**_neva_inputs("cpu"), max_new_tokens=12, min_new_tokens=12, do_sample=False)
+        model.cuda()
+        gpu_logits = model(**_neva_inputs("cuda")).logits
+        gpu_ids = model.generate(**_neva_inputs("cuda"), max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert (gpu_logits.cpu() - cpu_logits).abs().max() <= 1e-4
+    assert torch.equal(gpu_ids.cpu(), cpu_ids)
+
+
+def test_neva_four_bit_on_cuda_equals_bitsandbytes_cpu(tmp_path):
+    """NF4 weights are quantized the same way on both devices, so with an fp32 compute dtype the CUDA kernels' logits
+    equal bitsandbytes' CPU path; the language model's linear layers are 4-bit on the GPU."""
+    bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes (the `quant` extra) is not installed")
+    from transformers import BitsAndBytesConfig
+
+    folder = save_tiny_neva(tmp_path / "neva")
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
+    logits, footprint = {}, {}
+    for device in ("cpu", "cuda"):
+        model = AutoModelForImageTextToText.from_pretrained(
+            folder, quantization_config=quantization, device_map=device
+        )
+        layer = model.model.language_model.layers[0].self_attn.q_proj
+        assert isinstance(layer, bnb.nn.Linear4bit) and layer.weight.device.type == device
+        with torch.no_grad():
+            logits[device] = model(**_neva_inputs(device)).logits.cpu()
+        footprint[device] = model.get_memory_footprint()
+        answer = model.generate(**_neva_inputs(device), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert answer.shape[1] == _neva_inputs(device)["input_ids"].shape[1] + 4
+    full = AutoModelForImageTextToText.from_pretrained(folder).get_memory_footprint()
+    assert (logits["cuda"] - logits["cpu"]).abs().max() <= 1e-4
+    assert footprint["cuda"] < full
