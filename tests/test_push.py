@@ -86,6 +86,23 @@ def test_no_network_is_one_clear_error(model_dir, tmp_path):
     assert offline.returncode == 1 and "offline mode is on" in offline.stderr
 
 
+def test_a_bug_during_the_push_is_not_reported_as_a_hub_failure(model_dir, monkeypatch):
+    """Only the Hub's answers and network/OS failures become a PushError; a programming error keeps its traceback."""
+    from huggingface_hub import HfApi
+
+    from hfmm.cards import PushError, push
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in the caller")
+
+    monkeypatch.setattr(HfApi, "create_repo", broken)
+    with pytest.raises(TypeError, match="a bug in the caller"):
+        push(model_dir, "org/tiny-clip", token="hf_test")
+    monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: (_ for _ in ()).throw(ConnectionResetError("reset")))
+    with pytest.raises(PushError, match="the Hub cannot be reached"):
+        push(model_dir, "org/tiny-clip", token="hf_test")
+
+
 def test_no_token_is_one_clear_error(hub, model_dir, tmp_path):
     endpoint, double = hub
     result = hfmm_push(model_dir, endpoint=endpoint, home=tmp_path, token=None)  # empty HF_HOME: no stored token

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.errors import HTTPError as HubHTTPError
 from safetensors import safe_open
 
 from hfmm.conversion.io import PROVENANCE_FILE
@@ -461,7 +462,9 @@ def push(
             info = api.create_commit(
                 repo_id, operations, commit_message=commit_message or f"Upload {model_dir.name} with hfmm"
             )
-        except Exception as error:  # huggingface_hub and httpx raise many types; one message for all of them
+        # The Hub's HTTP answers and transport failures (huggingface_hub's HTTPError is its HTTP client's base
+        # class) and OS-level ones (offline mode, missing token, sockets); anything else is a bug and propagates.
+        except (HubHTTPError, OSError) as error:
             raise PushError(_failure(repo_id, _reason(error, repo_id))) from error
     return PushResult(files, info.commit_url)
 
