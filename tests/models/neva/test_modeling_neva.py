@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -137,7 +138,10 @@ def test_freeze_helpers_and_activation_checkpointing_give_the_same_gradients():
 def test_kv_cache_generation_equals_full_recomputation():
     model, _ = tiny_neva()
     ids, image = prompt_ids(model.config), pixels()
-    cached = model.generate(input_ids=ids, pixel_values=image, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    with warnings.catch_warnings(record=True) as caught:  # the cache reaches the LM under the installed name
+        warnings.simplefilter("always")
+        cached = model.generate(input_ids=ids, pixel_values=image, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
     sequence = ids
     with torch.no_grad():
         for _ in range(8):
@@ -192,6 +196,15 @@ def test_wrong_number_of_image_tokens_and_too_long_prompts_are_value_errors():
     too_long = torch.ones(1, model.config.text_config.max_position_embeddings + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="context is 512"):
         model(input_ids=too_long)
+    # generation that runs past the context: the check counts the cached tokens too
+    long_prompt = torch.cat([ids, torch.full((1, 512 - ids.shape[1] - 2), 5, dtype=torch.long)], dim=1)
+    with pytest.raises(ValueError, match="The sequence has 513 tokens"):
+        model.generate(
+            input_ids=long_prompt, pixel_values=pixels(), max_new_tokens=6, min_new_tokens=6, do_sample=False
+        )
+    cache = model(input_ids=ids, pixel_values=pixels(), use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="cache once"):
+        model(input_ids=ids[:, -1:], cache=cache, past_key_values=cache)
 
 
 def test_auto_classes_and_save_load_round_trip(tmp_path):

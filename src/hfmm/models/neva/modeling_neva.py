@@ -12,12 +12,21 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 
 from .configuration_neva import NevaConfig
 
 # Under 4/8-bit loading these stay in full precision unless the caller names other modules.
 QUANTIZATION_SKIP_MODULES = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+# transformers 5.25 renamed the key-value cache, argument and output field, from `past_key_values` to `cache` (the old
+# name warns until 5.40). NeVA accepts either and speaks to its language model and to `generate` in the installed one.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the key-value cache once, as `cache` or as `past_key_values`.")
+    return cache if cache is not None else past_key_values
 
 
 @dataclass
@@ -31,7 +40,7 @@ class NevaModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class NevaCausalLMOutputWithPast(ModelOutput):
+class NevaCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
         Next-token cross-entropy over the positions whose label is not -100.
@@ -41,11 +50,6 @@ class NevaCausalLMOutputWithPast(ModelOutput):
         The projected image features.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
 
 
@@ -73,7 +77,7 @@ class NevaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -149,14 +153,16 @@ class NevaModel(NevaPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> NevaModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        self._check_context_length(input_ids if input_ids is not None else inputs_embeds, past_key_values)
+        cache = _one_cache(cache, past_key_values)
+        self._check_context_length(input_ids if input_ids is not None else inputs_embeds, cache)
         if inputs_embeds is None:
             token_ids = input_ids
             if self.config.image_token_id >= self.get_input_embeddings().num_embeddings:
@@ -169,22 +175,22 @@ class NevaModel(NevaPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
         return NevaModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
         )
 
-    def _check_context_length(self, inputs: torch.Tensor, past_key_values: Cache | None) -> None:
+    def _check_context_length(self, inputs: torch.Tensor, cache: Cache | None) -> None:
         limit = getattr(self.config.text_config, "max_position_embeddings", None)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         length = past + inputs.shape[1]
         if limit is not None and length > limit:
             raise ValueError(
@@ -245,11 +251,12 @@ class NevaForConditionalGeneration(NevaPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> NevaCausalLMOutputWithPast:
         outputs = self.model(
@@ -257,7 +264,7 @@ class NevaForConditionalGeneration(NevaPreTrainedModel, GenerationMixin):
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -273,7 +280,7 @@ class NevaForConditionalGeneration(NevaPreTrainedModel, GenerationMixin):
         return NevaCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
