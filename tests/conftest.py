@@ -37,6 +37,14 @@ def tiny_clip_config(vision=None, text=None, **overrides):
     )
 
 
+def clip_batch(n: int, dtype=torch.float32, seed: int = 3) -> dict:
+    """Random pixels (30 px, the tiny config's size) and token ids framed by start/end-of-text, from a fixed seed."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 49000, (n, 12), generator=generator)
+    ids[:, 0], ids[:, -1] = 49406, 49407
+    return {"pixel_values": torch.randn(n, 3, 30, 30, generator=generator, dtype=dtype), "input_ids": ids}
+
+
 @pytest.fixture
 def tiny_config():
     return tiny_clip_config()

@@ -4,15 +4,17 @@ Every test here needs a CUDA GPU and skips without one (CI has none; they are ru
 `pytest -m gpu`). The GradCache dropout test and the loss tests have CUDA cases in their own files.
 """
 
+import functools
+
 import pytest
 import torch
-from conftest import tiny_clip_config
+from conftest import clip_batch, tiny_clip_config
 from neva_fixtures import save_tiny_neva, tiny_neva
 from PIL import Image
 from transformers import AutoModelForImageTextToText, TrainerCallback, TrainingArguments
 
 from hfmm import HfmmCLIPModel
-from hfmm.losses import CUDA_TILE_SIZE, clip_loss
+from hfmm.losses import CUDA_TILE_SIZE, clip_loss, naive_clip_loss
 from hfmm.training.trainer import CLIPTrainer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -25,13 +27,6 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
-def clip_batch(n: int, seed: int = 3) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 49000, (n, 12), generator=generator)
-    ids[:, 0], ids[:, -1] = 49406, 49407
-    return {"pixel_values": torch.randn(n, 3, 30, 30, generator=generator), "input_ids": ids}
 
 
 def test_clip_embeddings_on_cuda_equal_cpu():
@@ -116,24 +111,21 @@ def test_tiled_loss_memory_on_cuda_grows_linearly():
     assert peak <= gradients + tiles, f"peak {peak / 2**20:.0f} MiB above the inputs"
     # the same loss on a slice of the batch, in fp64, equals the naive B x B computation there
     sub_image, sub_text = image[:2048].detach().double(), text[:2048].detach().double()
-    naive_logits = 20.0 * sub_image @ sub_text.t()
-    labels = torch.arange(2048, device="cuda")
-    naive = (
-        torch.nn.functional.cross_entropy(naive_logits, labels)
-        + torch.nn.functional.cross_entropy(naive_logits.t(), labels)
-    ) / 2
-    tiled = clip_loss(sub_image, sub_text, torch.tensor(20.0, device="cuda", dtype=torch.float64), mode="local")
+    scale64 = torch.tensor(20.0, device="cuda", dtype=torch.float64)
+    naive = naive_clip_loss(sub_image, sub_text, scale64)
+    tiled = clip_loss(sub_image, sub_text, scale64, mode="local")
     assert (tiled - naive).abs().item() <= 1e-12
 
 
-def _neva_inputs(device: str) -> dict:
+@functools.cache
+def _neva_cpu_inputs() -> dict:
     _, processor = tiny_neva()
-    inputs = processor(
-        images=Image.new("RGB", (40, 40), (220, 20, 20)),
-        text="<image> What colour is the square?",
-        return_tensors="pt",
-    )
-    return {k: v.to(device) for k, v in inputs.items()}
+    image = Image.new("RGB", (40, 40), (220, 20, 20))
+    return dict(processor(images=image, text="<image> What colour is the square?", return_tensors="pt"))
+
+
+def _neva_inputs(device: str) -> dict:
+    return {k: v.to(device) for k, v in _neva_cpu_inputs().items()}
 
 
 def test_neva_logits_and_greedy_answer_on_cuda_equal_cpu():
@@ -166,8 +158,9 @@ def test_neva_four_bit_on_cuda_equals_bitsandbytes_cpu(tmp_path):
         with torch.no_grad():
             logits[device] = model(**_neva_inputs(device)).logits.cpu()
         footprint[device] = model.get_memory_footprint()
-        answer = model.generate(**_neva_inputs(device), max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        assert answer.shape[1] == _neva_inputs(device)["input_ids"].shape[1] + 4
+        inputs = _neva_inputs(device)
+        answer = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert answer.shape[1] == inputs["input_ids"].shape[1] + 4
     full = AutoModelForImageTextToText.from_pretrained(folder).get_memory_footprint()
     assert (logits["cuda"] - logits["cpu"]).abs().max() <= 1e-4
     assert footprint["cuda"] < full

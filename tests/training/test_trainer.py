@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_clip_config
+from conftest import clip_batch, tiny_clip_config
 from transformers import TrainingArguments
 
 from hfmm import HfmmCLIPModel
@@ -33,13 +33,6 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[name] - b[name]).abs().max().item() for name in a)
 
 
-def batch_of(n: int, dtype=torch.float32) -> dict:
-    generator = torch.Generator().manual_seed(3)
-    ids = torch.randint(1, 49000, (n, 12), generator=generator)
-    ids[:, 0], ids[:, -1] = 49406, 49407
-    return {"pixel_values": torch.randn(n, 3, 30, 30, generator=generator, dtype=dtype), "input_ids": ids}
-
-
 def gradients(dtype, chunk, batch, tmp_path) -> dict:
     torch.manual_seed(0)
     model = HfmmCLIPModel(tiny_clip_config()).to(dtype)
@@ -58,12 +51,12 @@ def test_grad_cache_gradients_equal_full_batch(tmp_path, chunk):
     gradient is itself 2.6e-6 away from the exact (fp64) gradient on this model (bias gradients of magnitude 0.4),
     and GradCache's distance from the exact gradient is held to the same size.
     """
-    batch64 = batch_of(16, torch.float64)
+    batch64 = clip_batch(16, torch.float64)
     assert (
         max_diff(gradients(torch.float64, None, batch64, tmp_path), gradients(torch.float64, chunk, batch64, tmp_path))
         <= 1e-12
     )
-    batch32 = batch_of(16)
+    batch32 = clip_batch(16)
     exact = gradients(torch.float64, None, {**batch32, "pixel_values": batch32["pixel_values"].double()}, tmp_path)
     full, cached = (
         gradients(torch.float32, None, batch32, tmp_path),
@@ -92,7 +85,7 @@ def test_grad_cache_replays_dropout_randomness(tmp_path, device):
     config = tiny_clip_config(
         vision={"drop_patch_rate": 0.5, "attention_dropout": 0.3}, text={"attention_dropout": 0.3}
     )
-    batch = {k: v.to(device) for k, v in batch_of(16, torch.float64).items()}
+    batch = {k: v.to(device) for k, v in clip_batch(16, torch.float64).items()}
     torch.manual_seed(0)
     model = HfmmCLIPModel(config).double().to(device).train()
 

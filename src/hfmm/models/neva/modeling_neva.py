@@ -23,12 +23,6 @@ QUANTIZATION_SKIP_MODULES = ("model.vision_tower", "model.multi_modal_projector"
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
-    if cache is not None and past_key_values is not None:
-        raise ValueError("Pass the key-value cache once, as `cache` or as `past_key_values`.")
-    return cache if cache is not None else past_key_values
-
-
 @dataclass
 class NevaModelOutputWithPast(BaseModelOutputWithPast):
     r"""
@@ -161,7 +155,9 @@ class NevaModel(NevaPreTrainedModel):
     ) -> NevaModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        cache = _one_cache(cache, past_key_values)
+        if cache is not None and past_key_values is not None:
+            raise ValueError("Pass the key-value cache once, as `cache` or as `past_key_values`.")
+        cache = cache if cache is not None else past_key_values
         self._check_context_length(input_ids if input_ids is not None else inputs_embeds, cache)
         if inputs_embeds is None:
             token_ids = input_ids
@@ -264,7 +260,8 @@ class NevaForConditionalGeneration(NevaPreTrainedModel, GenerationMixin):
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=_one_cache(cache, past_key_values),
+            cache=cache,
+            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
