@@ -9,12 +9,12 @@ Single process: `python recipes/clip_pretrain.py --config recipes/clip/tiny_demo
 
 import sys
 
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 
 import hfmm  # noqa: F401  (registers hfmm's classes with the Auto classes)
 from hfmm.cards import record_training_run
 from hfmm.training.arguments import CLIPDataArguments, CLIPModelArguments, RecipeError, parse_recipe
-from hfmm.training.data import CLIPCollator, build_eval_dataset, build_train_dataset
+from hfmm.training.data import CLIPCollator, build_eval_dataset, build_train_dataset, configure_streaming
 from hfmm.training.evaluation import ZeroShotEvalCallback
 from hfmm.training.models import load_model_and_processor
 from hfmm.training.trainer import CLIPTrainer
@@ -38,10 +38,12 @@ def main(argv: list[str] | None = None) -> dict:
     training_args.remove_unused_columns = False
 
     # --------------------------------------------------------------------------------------------------- model
+    set_seed(training_args.seed)  # a fresh preset's weights: the same on every rank and in every run of the recipe
     model, processor = load_model_and_processor(model_args)
 
     # ---------------------------------------------------------------------------------------------------- data
-    train_dataset = build_train_dataset(data_args, processor)
+    configure_streaming(training_args, data_args)  # streamed shards: each rank reads its own; the run's length
+    train_dataset = build_train_dataset(data_args, processor, seed=training_args.seed)
     eval_dataset = build_eval_dataset(data_args, processor) if data_args.eval_data else None
     callbacks = []
     if data_args.zero_shot_eval_data:

@@ -29,6 +29,7 @@ class CLIPModelArguments:
         None  # GradCache: embed the device (= contrastive) batch in chunks of this size
     )
     max_logit_scale: float = 100.0  # the logit scale multiplier is clamped to [1, this] after each optimizer step
+    dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | float16 | float64 (autocast is `bf16: true`)
 
 
 @dataclasses.dataclass
@@ -42,6 +43,8 @@ class CLIPDataArguments:
     caption_column: str = "caption"  # column holding captions
     csv_separator: str = ","  # OpenCLIP's CSVs use "\t"
     streaming: bool = False  # stream large datasets instead of loading them into memory
+    dataset_resampled: bool = False  # webdataset streaming: draw shards with replacement per reader (OpenCLIP)
+    train_num_samples: int | None = None  # samples per epoch (OpenCLIP); sets max_steps when it is unset
     max_train_samples: int | None = None  # truncate the training set (debugging, tests)
     rrc_scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop scale range (OpenCLIP aug_cfg `scale`)
     rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
@@ -188,6 +191,12 @@ class NevaModelArguments:
     projector_lr: float | None = None  # a separate learning rate for the projector (stage 2 with LoRA: 2e-5)
     lora: LoraArguments | None = None  # a `lora:` section turns on PEFT LoRA on the language model
     quantization: QuantizationArguments | None = None  # a `quantization:` section loads the base in 4 bits (QLoRA)
+    dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | float16 | float64 (autocast is `bf16: true`)
+
+    def __post_init__(self):
+        from .models import parameter_dtype  # torch and the model classes load only when a recipe is parsed
+
+        parameter_dtype(self.dtype)  # a ValueError naming the allowed dtypes, at parse time rather than at load time
 
 
 @dataclasses.dataclass

@@ -31,11 +31,13 @@ it drops every column the model's `forward` does not name before the collator se
 import dataclasses
 import glob
 import io
+import itertools
 import logging
 import os
 import random
 import re
-from collections.abc import Callable
+import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -278,6 +280,166 @@ def load_pairs(path: str, data_args, *, streaming: bool = False) -> tuple[Datase
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Streaming webdataset shards for training: every rank and DataLoader worker reads its own shards
+# ---------------------------------------------------------------------------------------------------------------------
+
+RESAMPLED_READER_SLOTS = 4096  # reader slots of a resampled stream: the most ranks x workers it feeds
+
+
+def _reader() -> tuple[int, int]:
+    """(index, count) of this reader among ranks x DataLoader workers. In a worker the world comes from
+    torch.distributed (inherited on fork) or from the launcher's `RANK`/`WORLD_SIZE` (spawn)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    info = torch.utils.data.get_worker_info()
+    worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+    return rank * workers + worker, world * workers
+
+
+def _open_shard(url: str):
+    if "://" in url:
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url, "rb")
+
+
+def _shard_samples(url: str) -> Iterator[dict]:
+    """The samples of one `.tar` shard, read sequentially: members `{key}.{ext}` grouped by key, as webdataset does."""
+    sample = None
+    with _open_shard(url) as file, tarfile.open(fileobj=file, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, _, name = member.name.rpartition("/")
+            stem, dot, extension = name.partition(".")
+            key = f"{folder}/{stem}" if folder else stem
+            if not dot or stem.startswith("_"):  # no extension, or a `__meta__`-style member
+                continue
+            if sample is None or sample["__key__"] != key:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": url}
+            sample[extension.lower()] = tar.extractfile(member).read()
+    if sample is not None:
+        yield sample
+
+
+def _as_row(sample: dict) -> dict:
+    """A raw sample in `_WEBDATASET_FEATURES`' schema (images stay undecoded bytes)."""
+    row = {"__key__": sample["__key__"], "__url__": sample["__url__"]}
+    for key in WEBDATASET_IMAGE_KEYS:
+        row[key] = {"bytes": sample[key], "path": None} if key in sample else None
+    text = sample.get(WEBDATASET_TEXT_KEY)
+    row[WEBDATASET_TEXT_KEY] = None if text is None else text.decode("utf-8", errors="replace")
+    return row
+
+
+def _buffer_shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
+    """Yields `samples` in random order through a buffer of `size`; everything is yielded, the tail included."""
+    buffer = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        index = rng.randrange(size)
+        buffer[index], sample = sample, buffer[index]
+        yield sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def check_shard_count(shards: int, readers: int) -> None:
+    """Raises `ValueError` unless every reader (rank x DataLoader worker) can have a shard of its own."""
+    if shards < readers:
+        raise ValueError(
+            f"{shards} webdataset shards cannot feed {readers} readers (ranks x dataloader workers); "
+            f"streaming needs at least {readers} shards: use more shards, fewer workers, or dataset_resampled."
+        )
+
+
+@dataclasses.dataclass
+class ShardStream:
+    """
+    An endless, deterministic stream of webdataset samples split over readers: reader `rank * workers + worker` of
+    `world_size * workers` (one per DataLoader worker of each rank) reads only its own shards.
+
+    Epochs happen inside the stream: in data epoch `e` the shards are permuted by an RNG seeded with `(seed, e)`, the
+    same on every reader, and reader `i` of `n` reads shards `i, i + n, i + 2n, ...` of that permutation, so every
+    shard is read exactly once per epoch, and shard order and the shard-to-reader assignment change every epoch
+    (OpenCLIP's `detshuffle2` + `split_by_node` + `split_by_worker`). Samples go through a per-reader `buffer_size`
+    shuffle buffer emptied at the end of each epoch. With `resampled=True` a reader instead draws shards with
+    replacement forever (OpenCLIP's `ResampledShards2`) from an RNG seeded with `(seed, reader)`.
+
+    Fewer shards than readers (without `resampled`) is a `ValueError` naming how many are needed: splitting shards
+    by samples would make every reader read every shard.
+
+    The stream is a `datasets.IterableDataset` generator (see `stream_shards`): `datasets` calls it once per data
+    source it gives a worker ("slots", at least one per reader, which is also what makes accelerate split the
+    dataset by rank rather than wrap it); the first call never ends, and the reader's identity comes from the rank and
+    worker, not from the slot. It needs `TrainingArguments.accelerator_config.dispatch_batches=False` (see
+    `configure_streaming`): with dispatching, rank 0 would read only its own share for every rank.
+
+    Args:
+        shards (`tuple[str, ...]`):
+            The `.tar` shards.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the shard permutations, the resampling and the shuffle buffers (the Trainer's `seed`).
+        resampled (`bool`, *optional*, defaults to `False`):
+            Draw shards with replacement (an unbounded stream) instead of epochs over the shards.
+        buffer_size (`int`, *optional*, defaults to `STREAMING_SHUFFLE_BUFFER`):
+            Samples held by each reader's shuffle buffer.
+    """
+
+    shards: tuple[str, ...]
+    seed: int = 0
+    resampled: bool = False
+    buffer_size: int = STREAMING_SHUFFLE_BUFFER
+
+    @property
+    def slots(self) -> list[int]:
+        return list(range(RESAMPLED_READER_SLOTS if self.resampled else len(self.shards)))
+
+    def __call__(self, slot: list[int]) -> Iterator[dict]:
+        reader, readers = _reader()
+        if not self.resampled:
+            check_shard_count(len(self.shards), readers)
+        samples = self._resampled(reader) if self.resampled else self._epochs(reader, readers)
+        yield from map(_as_row, samples)
+
+    def _epochs(self, reader: int, readers: int) -> Iterator[dict]:
+        for epoch in itertools.count():
+            order = random.Random(f"{self.seed}:{epoch}").sample(self.shards, len(self.shards))
+            samples = (sample for shard in order[reader::readers] for sample in _shard_samples(shard))
+            yield from _buffer_shuffle(samples, self.buffer_size, random.Random(f"{self.seed}:{epoch}:{reader}"))
+
+    def _resampled(self, reader: int) -> Iterator[dict]:
+        rng = random.Random(f"{self.seed}:resampled:{reader}")
+        samples = (sample for _ in itertools.count() for sample in _shard_samples(rng.choice(self.shards)))
+        yield from _buffer_shuffle(samples, self.buffer_size, rng)
+
+
+def stream_shards(path: str, data_args, seed: int = 0) -> tuple[IterableDataset, PairLayout]:
+    """
+    The endless training stream of the webdataset shards `path` (see `ShardStream`), as a `datasets.IterableDataset`
+    of raw rows (`__key__`, `__url__`, one column per image extension, `txt`).
+
+    Args:
+        path (`str`):
+            Shards: a file, glob, folder or brace list, several joined with `::`.
+        data_args (`CLIPDataArguments`):
+            `dataset_resampled` is read.
+        seed (`int`, *optional*, defaults to 0):
+            The Trainer's `seed`.
+    """
+    stream = ShardStream(tuple(expand_shards(path)), seed=seed, resampled=data_args.dataset_resampled)
+    dataset = IterableDataset.from_generator(stream, features=_WEBDATASET_FEATURES, gen_kwargs={"slot": stream.slots})
+    return dataset, PairLayout(WEBDATASET_IMAGE_KEYS, WEBDATASET_TEXT_KEY)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Transforms
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -396,7 +558,9 @@ def apply_transform(dataset: Dataset | IterableDataset, transform: PairTransform
     """Attaches `transform` lazily: `with_transform` on a `Dataset`, an on-the-fly `map` on an `IterableDataset`."""
     columns = transform.layout.columns
     if isinstance(dataset, IterableDataset):
-        selected = dataset.select_columns(columns)
+        # a webdataset stream keeps each sample's `__key__` (for tracing which samples a rank trained on)
+        kept = ["__key__"] if "__key__" in (dataset.column_names or ()) else []
+        selected = dataset.select_columns(columns + kept)
         return selected.map(transform, batched=True, batch_size=TRANSFORM_BATCH, remove_columns=columns)
     return dataset.with_transform(transform, columns=columns)
 
@@ -406,24 +570,36 @@ def apply_transform(dataset: Dataset | IterableDataset, transform: PairTransform
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_train_dataset(data_args, processor) -> Dataset | IterableDataset:
+def build_train_dataset(data_args, processor, seed: int = 0) -> Dataset | IterableDataset:
     """
     The training set of `data_args.train_data` with OpenCLIP's training transform (see `train_image_transform`).
 
     Args:
         data_args (`CLIPDataArguments`):
-            Data options; `max_train_samples` keeps the first rows, `streaming` returns an `IterableDataset`
-            shuffled through a `STREAMING_SHUFFLE_BUFFER`-sample buffer (shard order is shuffled too).
+            Data options; `max_train_samples` keeps the first rows. With `streaming`, webdataset shards become the
+            endless `ShardStream` (read per rank and worker, reshuffled per data epoch, resumable; call
+            `configure_streaming` on the `TrainingArguments`), other formats a `datasets.IterableDataset` shuffled
+            through a `STREAMING_SHUFFLE_BUFFER`-sample buffer.
         processor (`HfmmCLIPProcessor`):
             Gives the image size, mean and std (`processor.image_processor`) and the tokenizer.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the streamed order: pass the Trainer's `seed`.
 
     Returns:
         `datasets.Dataset | datasets.IterableDataset` of `{"pixel_values", "input_ids", "skip_reason",
-        "skip_detail"}` examples, to be batched by `CLIPCollator` (with `remove_unused_columns=False`).
+        "skip_detail"}` examples (plus `__key__` for streamed shards), to be batched by `CLIPCollator` (with
+        `remove_unused_columns=False`).
     """
     if not data_args.train_data:
         raise ValueError("train_data is not set.")
-    dataset, layout = load_pairs(data_args.train_data, data_args, streaming=data_args.streaming)
+    if data_args.dataset_resampled and not (data_args.streaming and _is_webdataset(data_args)):
+        raise ValueError("dataset_resampled=True needs webdataset shards with streaming=True.")
+    if data_args.streaming and _is_webdataset(data_args):
+        dataset, layout = stream_shards(data_args.train_data, data_args, seed=seed)
+    else:
+        dataset, layout = load_pairs(data_args.train_data, data_args, streaming=data_args.streaming)
+        if isinstance(dataset, IterableDataset):
+            dataset = dataset.shuffle(seed=seed, buffer_size=STREAMING_SHUFFLE_BUFFER)
     if data_args.max_train_samples is not None:
         if data_args.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be positive, got {data_args.max_train_samples}.")
@@ -431,10 +607,46 @@ def build_train_dataset(data_args, processor) -> Dataset | IterableDataset:
             dataset = dataset.take(data_args.max_train_samples)
         else:
             dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
-    if isinstance(dataset, IterableDataset):
-        dataset = dataset.shuffle(seed=0, buffer_size=STREAMING_SHUFFLE_BUFFER)
     image_transform = train_image_transform(processor.image_processor, data_args)
     return apply_transform(dataset, PairTransform(layout, image_transform, processor.tokenizer))
+
+
+def _is_webdataset(data_args) -> bool:
+    return resolve_format(data_args.train_data, data_args.data_format) == "webdataset"
+
+
+def configure_streaming(training_args, data_args) -> None:
+    """
+    Sets what a streamed webdataset training set needs on `training_args` (a `transformers.TrainingArguments`); call
+    it before building the Trainer. No-op unless `streaming` is on and the training data are webdataset shards.
+
+    - `accelerator_config.dispatch_batches = False`: each rank reads its own shards (accelerate's default for
+      iterable datasets is rank 0 reading every rank's batches and broadcasting them, which does not scale).
+    - checks that there are at least `world_size * dataloader_num_workers` shards (unless `dataset_resampled`).
+    - `max_steps`: the stream is endless, so the run's length is `max_steps`; when it is unset (-1), it is
+      `num_train_epochs * train_num_samples // global batch` (OpenCLIP's `--train-num-samples`), else an error.
+    """
+    if not (data_args.streaming and data_args.train_data and _is_webdataset(data_args)):
+        return
+    training_args.accelerator_config.dispatch_batches = False
+    if not data_args.dataset_resampled:  # fail here, not later inside a DataLoader worker
+        readers = training_args.world_size * max(1, training_args.dataloader_num_workers)
+        check_shard_count(len(expand_shards(data_args.train_data)), readers)
+    if training_args.max_steps > 0:
+        return
+    if data_args.train_num_samples is None:
+        raise ValueError("Streaming webdataset shards needs max_steps or train_num_samples; neither is set.")
+    global_batch = (
+        training_args.per_device_train_batch_size
+        * training_args.world_size
+        * training_args.gradient_accumulation_steps
+    )
+    steps = int(training_args.num_train_epochs * data_args.train_num_samples // global_batch)
+    if steps < 1:
+        raise ValueError(
+            f"train_num_samples={data_args.train_num_samples} is less than one global batch ({global_batch})."
+        )
+    training_args.max_steps = steps
 
 
 def build_eval_dataset(data_args, processor) -> Dataset | IterableDataset:
