@@ -1,5 +1,6 @@
 """Building the model and processor a CLIP recipe names: a saved folder, or a preset with overrides."""
 
+import torch
 from transformers import AutoModel, AutoProcessor
 
 from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel, HfmmSigLIPConfig, HfmmSigLIPModel
@@ -29,10 +30,21 @@ def preset_config(preset: str, overrides: dict | None = None, loss: str = "clip"
     return HfmmCLIPConfig(**config)
 
 
+PARAMETER_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def parameter_dtype(name: str) -> torch.dtype:
+    """The torch dtype a recipe's `dtype` names."""
+    if name not in PARAMETER_DTYPES:
+        raise ValueError(f"dtype={name!r} is not supported; choose one of {', '.join(PARAMETER_DTYPES)}.")
+    return getattr(torch, name)
+
+
 def load_model_and_processor(model_args):
-    """The model (`model_name_or_path`, else a fresh `preset`) and its processor."""
+    """The model (`model_name_or_path`, else a fresh `preset`) in `model_args.dtype`, and its processor."""
+    dtype = parameter_dtype(model_args.dtype)
     if model_args.model_name_or_path:
-        model = AutoModel.from_pretrained(model_args.model_name_or_path)
+        model = AutoModel.from_pretrained(model_args.model_name_or_path, dtype=dtype)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
         return model, processor
     if not model_args.preset:
@@ -41,4 +53,4 @@ def load_model_and_processor(model_args):
         )
     config = preset_config(model_args.preset, model_args.config_overrides, model_args.loss)
     model_cls = HfmmSigLIPModel if isinstance(config, HfmmSigLIPConfig) else HfmmCLIPModel
-    return model_cls(config), HfmmCLIPProcessor.from_vision_config(config.vision_config)
+    return model_cls(config).to(dtype), HfmmCLIPProcessor.from_vision_config(config.vision_config)

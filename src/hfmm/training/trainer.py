@@ -13,9 +13,11 @@ import contextlib
 import math
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from hfmm.losses import clip_loss, siglip_loss
+
+from .common import HfmmTrainer
 
 LOSSES = {"clip": clip_loss, "siglip": siglip_loss}
 
@@ -34,7 +36,7 @@ class LogitScaleClampCallback(TrainerCallback):
             model.logit_scale.clamp_(0, self.max_log)
 
 
-class CLIPTrainer(Trainer):
+class CLIPTrainer(HfmmTrainer):
     """Trainer for hfmm CLIP models; batches are `{"pixel_values", "input_ids"}` dicts.
 
     Args:
@@ -85,12 +87,6 @@ class CLIPTrainer(Trainer):
                 raise ValueError("loss='siglip' needs a model with a logit bias (HfmmSigLIPConfig).")
             return siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias, **kwargs)
         return clip_loss(image_embeds, text_embeds, logit_scale, logit_bias=logit_bias, **kwargs)
-
-    def create_model_card(self, **kwargs) -> None:
-        """hfmm's card (config, training run, eval results) instead of the generic one: `push_to_hub` uploads it."""
-        from hfmm.cards import trainer_model_card
-
-        trainer_model_card(self, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], return_logits=False)

@@ -242,7 +242,9 @@ class HfmmCLIPPreTrainedModel(PreTrainedModel):
     config: HfmmCLIPConfig
     base_model_prefix = "clip"
     input_modalities = ("image", "text")
-    _no_split_modules = ["HfmmCLIPTextEmbeddings", "HfmmCLIPEncoderLayer", "HfmmCLIPVisionEmbeddings"]
+    # Not the text embeddings: accelerate's FSDP2 shards the token embedding (`get_input_embeddings`) as a unit of its
+    # own, which fails inside an already sharded parent.
+    _no_split_modules = ["HfmmCLIPEncoderLayer", "HfmmCLIPVisionEmbeddings"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -455,6 +457,14 @@ class HfmmCLIPModel(HfmmCLIPPreTrainedModel):
             zero_shot = {"AutoModelForZeroShotImageClassification": f"modeling_clip.{type(self).__name__}"}
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **zero_shot}
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding, as `CLIPTextModelWithProjection`'s (accelerate's FSDP2 and `resize_token_embeddings`
+        ask every model for it; transformers cannot infer it through the two towers)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.text_model.set_input_embeddings(value)
 
     @can_return_tuple
     def get_text_features(

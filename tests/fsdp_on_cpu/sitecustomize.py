@@ -1,0 +1,66 @@
+"""Lets accelerate keep its FSDP plugin on CPU processes, so FSDP2 runs under gloo in tests. Test code only.
+
+accelerate turns `distributed_type` into FSDP only for GPU-like device types (`AcceleratorState.__init__` checks
+MULTI_GPU, MULTI_XPU, ...); on `use_cpu=True` processes it stays MULTI_CPU and the plugin is dropped, although
+`fully_shard` itself works on a gloo mesh. This file is on `PYTHONPATH` only for the FSDP tests (Python imports
+`sitecustomize` at start-up, before the script runs), so `accelerate launch --config_file recipes/accelerate/fsdp.yaml`
+and the recipe scripts run unmodified. After accelerate's own `__init__`, a MULTI_CPU state with an FSDP plugin
+becomes an FSDP state, exactly as accelerate's GPU branch would make it. Nothing in `src/` does this.
+
+Also here, for the resume tests: `HFMM_TEST_EXIT_AFTER_CHECKPOINT=N` kills each rank once checkpoint N is written.
+"""
+
+import os
+
+if os.environ.get("HFMM_TEST_FSDP_ON_CPU") == "1":
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    _accelerate_init = AcceleratorState.__init__
+
+    def _init_keeping_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+        _accelerate_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            if self._mixed_precision != "no":
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
+            self.fsdp_plugin = fsdp_plugin
+            PartialState._shared_state["distributed_type"] = self.distributed_type  # as accelerate's own __init__ ends
+
+    AcceleratorState.__init__ = _init_keeping_fsdp_on_cpu
+
+# A run killed right after a checkpoint, for the resume tests: with HFMM_TEST_EXIT_AFTER_CHECKPOINT=N every rank dies
+# (no clean-up at all, as a preempted job) as soon as its part of checkpoint N is written.
+if os.environ.get("HFMM_TEST_EXIT_AFTER_CHECKPOINT"):
+    from transformers import Trainer
+
+    _save_checkpoint = Trainer._save_checkpoint
+
+    def _save_checkpoint_then_die(self, *args, **kwargs):
+        _save_checkpoint(self, *args, **kwargs)
+        if self.state.global_step == int(os.environ["HFMM_TEST_EXIT_AFTER_CHECKPOINT"]):
+            os._exit(3)
+
+    Trainer._save_checkpoint = _save_checkpoint_then_die
+
+# Test-only crash for the resume tests: with HFMM_TEST_EXIT_AFTER_SAVE_STEP=N, every process of a training run ends
+# (exit code 75) right after the checkpoint of step N is written, as a run killed between two steps would. The ranks
+# meet at a barrier first, so the checkpoint is complete on all of them and no rank is killed in mid-write.
+EXIT_AFTER_SAVE_CODE = 75
+
+if os.environ.get("HFMM_TEST_EXIT_AFTER_SAVE_STEP"):
+    from transformers.trainer_callback import CallbackHandler
+
+    _on_save = CallbackHandler.on_save
+
+    def _on_save_then_exit(self, args, state, control):
+        control = _on_save(self, args, state, control)
+        if state.global_step == int(os.environ["HFMM_TEST_EXIT_AFTER_SAVE_STEP"]):
+            import torch.distributed
+
+            if torch.distributed.is_initialized():
+                torch.distributed.barrier()
+            os._exit(EXIT_AFTER_SAVE_CODE)
+        return control
+
+    CallbackHandler.on_save = _on_save_then_exit
