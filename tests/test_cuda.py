@@ -1,7 +1,8 @@
 """CUDA paths that have a CPU twin: each result on the GPU is compared with the same computation on the CPU.
 
 Every test here needs a CUDA GPU and skips without one (CI has none; they are run on a lent GPU machine with
-`pytest -m gpu`). The GradCache dropout test and the loss tests have CUDA cases in their own files.
+`pytest -m gpu`). The GradCache dropout test, the bf16 Trainer test (tests/training/test_bf16.py) and the
+loss tests have CUDA cases in their own files.
 """
 
 import functools
@@ -11,11 +12,10 @@ import torch
 from conftest import clip_batch, tiny_clip_config
 from neva_fixtures import save_tiny_neva, tiny_neva
 from PIL import Image
-from transformers import AutoModelForImageTextToText, TrainerCallback, TrainingArguments
+from transformers import AutoModelForImageTextToText
 
 from hfmm import HfmmCLIPModel
 from hfmm.losses import CUDA_TILE_SIZE, clip_loss, naive_clip_loss
-from hfmm.training.trainer import CLIPTrainer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -41,52 +41,6 @@ def test_clip_embeddings_on_cuda_equal_cpu():
     for name in ("image_embeds", "text_embeds"):
         assert (getattr(gpu, name).cpu() - getattr(cpu, name)).abs().max() <= 1e-5, name
         assert (getattr(bf16, name).float().cpu() - getattr(cpu, name)).abs().max() <= 5e-2, name
-
-
-class _Pairs(torch.utils.data.Dataset):
-    def __init__(self, n: int = 64):
-        self.batch = clip_batch(n, seed=5)
-
-    def __len__(self):
-        return len(self.batch["input_ids"])
-
-    def __getitem__(self, i):
-        return {k: v[i] for k, v in self.batch.items()}
-
-
-class _FirstGradients(TrainerCallback):
-    def __init__(self):
-        self.grads = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads = torch.cat([p.grad.float().flatten() for p in model.parameters()])
-
-
-def _first_step_gradients(tmp_path, bf16: bool, grad_cache: int | None) -> tuple[torch.Tensor, set]:
-    torch.manual_seed(0)
-    model = HfmmCLIPModel(tiny_clip_config())
-    dtypes = set()
-    model.text_model.encoder.layers[0].mlp.fc1.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
-    args = TrainingArguments(
-        output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=32, max_steps=1, bf16=bf16,
-        save_strategy="no", remove_unused_columns=False, disable_tqdm=True, seed=0,
-    )  # fmt: skip
-    recorder = _FirstGradients()
-    trainer = CLIPTrainer(
-        model=model, args=args, train_dataset=_Pairs(), grad_cache_chunk_size=grad_cache, callbacks=[recorder]
-    )
-    trainer.train()
-    assert next(model.parameters()).device.type == "cuda"
-    return recorder.grads, dtypes
-
-
-def test_clip_trainer_bf16_with_grad_cache_on_cuda_tracks_fp32(tmp_path):
-    """The Trainer's bf16 autocast with GradCache (4 chunks) and the tiled loss on the GPU: the first step's gradient
-    is the fp32 full-batch gradient to bf16 precision (2.5e-2 relative on the CPU's bf16 autocast)."""
-    reference, reference_dtypes = _first_step_gradients(tmp_path / "fp32", bf16=False, grad_cache=None)
-    mixed, mixed_dtypes = _first_step_gradients(tmp_path / "bf16", bf16=True, grad_cache=8)
-    assert reference_dtypes == {torch.float32} and mixed_dtypes == {torch.bfloat16}
-    assert ((mixed - reference).norm() / reference.norm()).item() <= 0.1
 
 
 def test_tiled_loss_memory_on_cuda_grows_linearly():

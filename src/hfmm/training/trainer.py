@@ -20,6 +20,7 @@ from hfmm.losses import clip_loss, siglip_loss
 from .common import HfmmTrainer
 
 LOSSES = {"clip": clip_loss, "siglip": siglip_loss}
+MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class LogitScaleClampCallback(TrainerCallback):
@@ -81,6 +82,12 @@ class CLIPTrainer(HfmmTrainer):
     # --- loss ---------------------------------------------------------------------------------------------------
 
     def contrastive_loss(self, image_embeds, text_embeds, logit_scale, logit_bias) -> torch.Tensor:
+        # Under mixed precision accelerate hands the model's outputs back in fp32, but the embeddings were computed
+        # in bf16/fp16: casting them back is exact, and the loss then gathers and holds half the bytes (its tile
+        # math is fp32 whatever the input dtype).
+        dtype = MIXED_PRECISION_DTYPES.get(self.accelerator.mixed_precision)
+        if dtype is not None:
+            image_embeds, text_embeds = image_embeds.to(dtype), text_embeds.to(dtype)
         kwargs = {"mode": self.loss_mode, "tile_size": self.loss_tile_size}
         if self.loss_name == "siglip":
             if logit_bias is None:

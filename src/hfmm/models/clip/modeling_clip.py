@@ -429,6 +429,11 @@ def build_projection(projection_type: str, in_features: int, out_features: int) 
     return nn.Linear(in_features, out_features, bias=False)
 
 
+def _normalize(features: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows, in the dtype of `features`."""
+    return nn.functional.normalize(features, dim=-1).to(features.dtype)
+
+
 class HfmmCLIPModel(HfmmCLIPPreTrainedModel):
     """CLIP dual encoder with transformers' `CLIPModel` API and OpenCLIP's numerics."""
 
@@ -511,8 +516,10 @@ class HfmmCLIPModel(HfmmCLIPPreTrainedModel):
         text_outputs = self.get_text_features(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )
-        image_embeds = nn.functional.normalize(vision_outputs.pooler_output, dim=-1)  # (Bi, E)
-        text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)  # (Bt, E)
+        # Under autocast the norm runs in fp32 and would promote the embeddings; they keep the projection's dtype
+        # (bf16 in mixed precision), so the loss gathers and reads half the bytes and does its own math in fp32.
+        image_embeds = _normalize(vision_outputs.pooler_output)  # (Bi, E)
+        text_embeds = _normalize(text_outputs.pooler_output)  # (Bt, E)
         logit_scale = self.logit_scale.exp()
         logits_per_text, loss = None, None
         if return_logits or return_loss:
