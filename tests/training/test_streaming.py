@@ -12,11 +12,12 @@ from pathlib import Path
 
 import datasets
 import pytest
+from datasets.distributed import split_dataset_by_node
 from PIL import Image
 from transformers import TrainingArguments
 
 from hfmm.training.arguments import CLIPDataArguments
-from hfmm.training.data import ShardStream, build_train_dataset, configure_streaming, expand_shards
+from hfmm.training.data import ShardStream, build_train_dataset, configure_streaming, expand_shards, stream_shards
 
 WORKER = Path(__file__).with_name("stream_worker.py")
 SHARDS, PER_SHARD, BATCH = 8, 6, 4  # 2 ranks x 2 workers: 2 shards = 12 samples = 3 batches per reader per epoch
@@ -178,3 +179,18 @@ def test_configure_streaming_sets_dispatch_and_max_steps(tmp_path):
     csv.write_text("image,caption\na.png,a\n")
     with pytest.raises(ValueError, match="dataset_resampled=True needs webdataset shards with streaming=True"):
         build_train_dataset(CLIPDataArguments(train_data=str(csv), dataset_resampled=True), processor=None)
+
+
+def test_an_odd_shard_count_is_split_between_ranks_without_loss(tmp_path, monkeypatch):
+    """9 shards over 2 ranks, split by `datasets` as accelerate does (`split_dataset_by_node`): rank 0 reads 5 shards
+    and rank 1 reads 4 in an epoch, together every sample once. (With a slot count not divisible by the world size,
+    `datasets` would make each rank keep every other sample of its own shards and lose the rest.)"""
+    keys = write_shards(tmp_path / "shards", shards=9, per_shard=4)
+    seen = []
+    for rank, shards in ((0, 5), (1, 4)):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        stream, _ = stream_shards(str(tmp_path / "shards"), CLIPDataArguments(streaming=True), seed=0)
+        rows = split_dataset_by_node(stream, rank=rank, world_size=2)
+        seen += [row["__key__"] for row in itertools.islice(iter(rows), shards * 4)]
+    assert sorted(seen) == sorted(keys)

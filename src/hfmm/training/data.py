@@ -283,16 +283,19 @@ def load_pairs(path: str, data_args, *, streaming: bool = False) -> tuple[Datase
 # Streaming webdataset shards for training: every rank and DataLoader worker reads its own shards
 # ---------------------------------------------------------------------------------------------------------------------
 
-RESAMPLED_READER_SLOTS = 4096  # reader slots of a resampled stream: the most ranks x workers it feeds
+RESAMPLED_READER_SLOTS = 4096  # reader slots of a resampled stream per rank: the most DataLoader workers it feeds
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """From torch.distributed (inherited by forked workers), else from the launcher's `RANK`/`WORLD_SIZE`."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _reader() -> tuple[int, int]:
-    """(index, count) of this reader among ranks x DataLoader workers. In a worker the world comes from
-    torch.distributed (inherited on fork) or from the launcher's `RANK`/`WORLD_SIZE` (spawn)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    else:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    """(index, count) of this reader among ranks x DataLoader workers."""
+    rank, world = _rank_and_world()
     info = torch.utils.data.get_worker_info()
     worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
     return rank * workers + worker, world * workers
@@ -400,7 +403,11 @@ class ShardStream:
 
     @property
     def slots(self) -> list[int]:
-        return list(range(RESAMPLED_READER_SLOTS if self.resampled else len(self.shards)))
+        # `datasets` splits a stream between ranks by its generator's slots only when their count divides by the
+        # world size; otherwise every rank would read the whole stream and keep every world_size-th sample, which,
+        # as each reader already reads only its own shards, would drop samples. So the count is a multiple of it.
+        per_rank = RESAMPLED_READER_SLOTS if self.resampled else len(self.shards)
+        return list(range(per_rank * _rank_and_world()[1]))
 
     def __call__(self, slot: list[int]) -> Iterator[dict]:
         reader, readers = _reader()
