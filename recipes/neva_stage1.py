@@ -1,6 +1,7 @@
 """NeVA stage 1, feature alignment: train only the projector on image-caption conversations (`plain` template).
 
     accelerate launch recipes/neva_stage1.py --config recipes/neva/llama2_7b_stage1.yaml [--key value ...]
+    accelerate launch --config_file recipes/accelerate/fsdp_neva.yaml recipes/neva_stage1.py --config ...  # FSDP2
 
 Single process: `python recipes/neva_stage1.py --config recipes/neva/tiny_demo_stage1.yaml`. Every YAML key is a field
 of `NevaModelArguments`, `NevaDataArguments` or `transformers.TrainingArguments`; `--key value` overrides a key. The
@@ -9,7 +10,7 @@ output folder gets `projector.safetensors` (stage 2's `pretrained_projector`) an
 
 import sys
 
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 
 import hfmm  # noqa: F401  (registers hfmm's classes with the Auto classes)
 from hfmm.cards import push, record_training_run
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None, *, stage: int = 1) -> dict:
         raise RecipeError("stage 2 keeps the vision tower frozen: freeze_vision_tower must stay true.")
     training_args.remove_unused_columns = False  # the collator reads the transform's columns
 
+    set_seed(training_args.seed)  # a fresh projector, resized embeddings and LoRA start the same in every run
     model, processor = load_neva(model_args)
     train_dataset = build_conversation_dataset(
         data_args.train_data, processor, data_args.image_folder, data_args.model_max_length

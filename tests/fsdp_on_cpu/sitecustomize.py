@@ -42,25 +42,3 @@ if os.environ.get("HFMM_TEST_EXIT_AFTER_CHECKPOINT"):
             os._exit(3)
 
     Trainer._save_checkpoint = _save_checkpoint_then_die
-
-# Test-only crash for the resume tests: with HFMM_TEST_EXIT_AFTER_SAVE_STEP=N, every process of a training run ends
-# (exit code 75) right after the checkpoint of step N is written, as a run killed between two steps would. The ranks
-# meet at a barrier first, so the checkpoint is complete on all of them and no rank is killed in mid-write.
-EXIT_AFTER_SAVE_CODE = 75
-
-if os.environ.get("HFMM_TEST_EXIT_AFTER_SAVE_STEP"):
-    from transformers.trainer_callback import CallbackHandler
-
-    _on_save = CallbackHandler.on_save
-
-    def _on_save_then_exit(self, args, state, control):
-        control = _on_save(self, args, state, control)
-        if state.global_step == int(os.environ["HFMM_TEST_EXIT_AFTER_SAVE_STEP"]):
-            import torch.distributed
-
-            if torch.distributed.is_initialized():
-                torch.distributed.barrier()
-            os._exit(EXIT_AFTER_SAVE_CODE)
-        return control
-
-    CallbackHandler.on_save = _on_save_then_exit

@@ -27,12 +27,18 @@ from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
 from hfmm.models.neva.processing_neva import NevaProcessor
 
 from .arguments import NevaModelArguments, RecipeError
+from .common import HfmmTrainer, as_own_class, gathered_state_dict
+from .models import parameter_dtype
 from .neva_data import ModalityLengthGroupedSampler
 
 logger = logging.getLogger(__name__)
 
 PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_PREFIX = "model.multi_modal_projector."
+QLORA_UNDER_FSDP = (
+    "QLoRA (`quantization:`) is not supported under FSDP: sharding bitsandbytes' 4-bit weights is untested here "
+    "(CPU-only bitsandbytes); use DDP (recipes/accelerate/ddp.yaml) or drop `quantization:` for LoRA."
+)
 
 
 def assemble_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneration, NevaProcessor]:
@@ -44,10 +50,11 @@ def assemble_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneratio
         tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    language_model = AutoModelForCausalLM.from_pretrained(args.language_model, dtype=torch.float32)
+    dtype = parameter_dtype(args.dtype)
+    language_model = AutoModelForCausalLM.from_pretrained(args.language_model, dtype=dtype)
     vision_config = AutoConfig.from_pretrained(args.vision_tower)
     vision_config = getattr(vision_config, "vision_config", vision_config)
-    vision = CLIPVisionModel.from_pretrained(args.vision_tower, config=vision_config, dtype=torch.float32)
+    vision = CLIPVisionModel.from_pretrained(args.vision_tower, config=vision_config, dtype=dtype)
     config = NevaConfig(
         vision_config=vision_config.to_dict(),
         text_config=language_model.config.to_dict(),
@@ -56,7 +63,7 @@ def assemble_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneratio
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         conv_template=args.conv_template,
     )
-    model = NevaForConditionalGeneration(config)
+    model = NevaForConditionalGeneration(config).to(dtype)
     model.model.vision_tower.load_state_dict(vision.state_dict())
     model.model.language_model.load_state_dict(language_model.model.state_dict())
     model.lm_head.load_state_dict(language_model.lm_head.state_dict())
@@ -82,7 +89,7 @@ def load_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneration, N
                 bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
             )  # fmt: skip
         model = AutoModelForImageTextToText.from_pretrained(
-            args.model_name_or_path, quantization_config=quantization, dtype=torch.float32
+            args.model_name_or_path, quantization_config=quantization, dtype=parameter_dtype(args.dtype)
         )
         processor = AutoProcessor.from_pretrained(args.model_name_or_path)
         if args.conv_template and processor.chat_template != NevaProcessor.chat_template_for(args.conv_template):
@@ -124,18 +131,19 @@ def add_lora(model: NevaForConditionalGeneration, args: NevaModelArguments):
     return model
 
 
-def projector_state(model) -> dict[str, torch.Tensor]:
-    state = {}
-    for name, tensor in model.state_dict().items():
+def projector_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The projector's tensors, keyed as in `NevaMultiModalProjector`, from a NeVA's (or a PEFT NeVA's) state dict."""
+    projector = {}
+    for name, tensor in state.items():
         if "multi_modal_projector." in name and "original_module" not in name:
             key = name[name.index("multi_modal_projector.") + len("multi_modal_projector.") :]
-            state[key.replace("modules_to_save.default.", "")] = tensor.detach().contiguous().cpu()
-    return state
+            projector[key.replace("modules_to_save.default.", "")] = tensor.detach().contiguous().cpu()
+    return projector
 
 
 def save_projector(model, folder: str | Path) -> Path:
     path = Path(folder) / PROJECTOR_FILE
-    save_file(projector_state(model), path)
+    save_file(projector_state(model.state_dict()), path)
     return path
 
 
@@ -150,7 +158,7 @@ def load_projector(model: NevaForConditionalGeneration, path: str | Path) -> Non
     logger.info("loaded the projector from %s", path)
 
 
-class NevaTrainer(Trainer):
+class NevaTrainer(HfmmTrainer):
     """`Trainer` with an optional separate learning rate for the projector (LLaVA's LoRA recipe: 2e-5), optional
     modality-grouped batches (LLaVA's `group_by_modality_length`, given `modality_lengths`); skipped samples are
     reported in the training logs."""
@@ -158,6 +166,8 @@ class NevaTrainer(Trainer):
     def __init__(self, *args, projector_lr: float | None = None, modality_lengths: list[int] | None = None, **kwargs):
         self.projector_lr, self.modality_lengths = projector_lr, modality_lengths
         super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled and getattr(self.model, "is_loaded_in_4bit", False):
+            raise RecipeError(QLORA_UNDER_FSDP)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.modality_lengths is None:
@@ -169,11 +179,10 @@ class NevaTrainer(Trainer):
             seed=self.args.seed,
         )
 
-    def create_model_card(self, **kwargs) -> None:
-        """hfmm's card (config, training run, eval results) instead of the generic one."""
-        from hfmm.cards import trainer_model_card
-
-        trainer_model_card(self, **kwargs)
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        # Training never reads a key-value cache; one written in `forward` would also be written a second time when
+        # FSDP's activation checkpointing recomputes a decoder layer in backward (doubling its keys).
+        return super().compute_loss(model, {**inputs, "use_cache": False}, *args, **kwargs)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """Adds the samples the collator skipped so far, by reason (`skipped_<reason>`), to the training logs."""
@@ -197,7 +206,12 @@ class NevaTrainer(Trainer):
 
 
 def save_neva(trainer: Trainer, processor, args: NevaModelArguments, output_dir: str) -> None:
-    """Stage output: the projector file always, and a full loadable NeVA (LoRA merged unless told otherwise)."""
+    """Stage output: the projector file always, and a full loadable NeVA (LoRA merged unless told otherwise).
+
+    Under FSDP2 every rank must call it (the full weights are gathered first, see `save_sharded_neva`).
+    """
+    if trainer.is_fsdp_enabled:
+        return save_sharded_neva(trainer, processor, args, output_dir)
     model = trainer.model
     if not trainer.is_world_process_zero():
         return
@@ -211,3 +225,59 @@ def save_neva(trainer: Trainer, processor, args: NevaModelArguments, output_dir:
         return
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+
+
+def save_sharded_neva(trainer: Trainer, processor, args: NevaModelArguments, output_dir: str) -> None:
+    """`save_neva` under FSDP2: every rank gathers the full state dict (a collective), rank 0 writes from it alone.
+
+    The sharded model itself is never merged or saved (its parameters are DTensor shards, and `fully_shard` swapped
+    its classes): LoRA is merged on the gathered tensors (`merged_lora_state`), and the folder is what
+    `save_pretrained` of NeVA's own class writes (hfmm's code files and `auto_map`, no torch `_fsdp_*.py`).
+    """
+    state = gathered_state_dict(trainer)  # full on rank 0, empty on the other ranks
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+        if args.lora is not None and args.lora.merge_on_save:
+            state, model = merged_lora_state(model, state), model.get_base_model()
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        save_file(projector_state(state), Path(output_dir) / PROJECTOR_FILE)
+        folder = Path(output_dir) / "adapter" if args.lora is not None and not args.lora.merge_on_save else output_dir
+        with as_own_class(model):
+            model.save_pretrained(folder, state_dict=state)
+        processor.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def merged_lora_state(peft_model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The plain NeVA state dict that PEFT's `merge_and_unload` would give, computed from a PEFT model's state dict.
+
+    Each adapted weight becomes `W + transpose(B @ A) * scaling` (PEFT's `get_delta_weight`; on CPU, half precision
+    is computed in fp32 as PEFT does), the trained projector copy replaces the original, PEFT's key parts go.
+    `peft_model` supplies only the adapted layers' names, scaling and layout (plain Python values under FSDP).
+    """
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import transpose
+
+    adapter, merged = peft_model.active_adapter, dict(state)
+    for name, layer in peft_model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        prefix = name.replace("_checkpoint_wrapped_module.", "")  # FSDP's activation checkpointing wrapper
+        lora_a, lora_b = (
+            merged.pop(f"{prefix}.lora_A.{adapter}.weight"),
+            merged.pop(f"{prefix}.lora_B.{adapter}.weight"),
+        )
+        weight = merged[f"{prefix}.base_layer.weight"]
+        compute = torch.promote_types(weight.dtype, torch.float32)
+        delta = transpose(lora_b.to(compute) @ lora_a.to(compute), layer.fan_in_fan_out) * layer.scaling[adapter]
+        merged[f"{prefix}.base_layer.weight"] = weight + delta.to(weight.dtype)
+    plain = {}
+    for key, tensor in merged.items():
+        if ".original_module." in key:
+            continue
+        key = key.removeprefix("base_model.model.").replace(f".modules_to_save.{adapter}.", ".")
+        plain[key.replace(".base_layer.", ".")] = tensor
+    left = sorted(key for key in plain if "lora_" in key)
+    if left:
+        raise RecipeError(f"cannot merge LoRA tensors {left[:3]} (only plain LoRA on Linear layers is merged).")
+    return plain
