@@ -31,12 +31,14 @@ def accelerate_launch(
     mixed_precision: str = "no",
     check: bool = True,
     timeout: int = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file recipes/accelerate/CONFIG --num_processes N SCRIPT ARGV` on CPU processes.
 
-    `processes=0` runs the script alone, without the launcher (`python SCRIPT ARGV`): the reference runs.
+    `processes=0` runs the script alone, without the launcher (`python SCRIPT ARGV`): the reference runs. `env`
+    adds to the environment.
     """
-    env = {**os.environ, "HFMM_TEST_FSDP_ON_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HFMM_TEST_FSDP_ON_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(GATE_LIFT), *filter(None, [env.get("PYTHONPATH")])])
     command = [sys.executable, str(script), *argv, "--use_cpu", "true"]
     if processes:

@@ -8,6 +8,7 @@ global batch does not depend on its order), fp64, plain SGD, no random augmentat
 the whole image), so the parameters must agree to rounding.
 """
 
+import base64
 import json
 import re
 import subprocess
@@ -162,3 +163,16 @@ def test_fsdp_bf16_mixed_precision_trains_fp32_weights(pairs, tmp_path):
     saved = weights(tmp_path / "bf16")
     assert {tensor.dtype for tensor in saved.values()} == {torch.float32}
     assert all(torch.isfinite(tensor).all() for tensor in saved.values())
+
+
+def test_push_after_fsdp_training_uploads_the_plain_folder(pairs, tmp_path, hub):
+    """`push_to_hub: true` under FSDP2: the commit (to a local Hub double) holds hfmm's files, not torch's."""
+    endpoint, double = hub
+    env = {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_test"}
+    push = ("--push_to_hub", "true", "--hub_model_id", "org/tiny-clip", "--max_steps", "1")
+    accelerate_launch(RECIPE, recipe_args("vit", pairs, tmp_path / "out", *push), env=env)
+    uploaded = {line["value"]["path"]: line["value"]["content"] for line in double.commits[-1][1:]}
+    assert {"config.json", "model.safetensors", "modeling_clip.py", "README.md"} <= set(uploaded)
+    assert not [name for name in uploaded if name.startswith(("_fsdp", "checkpoint-")) or "fsdp" in name]
+    config = json.loads(base64.b64decode(uploaded["config.json"]))
+    assert config["auto_map"]["AutoModel"] == "modeling_clip.HfmmCLIPModel"
