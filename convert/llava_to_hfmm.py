@@ -22,6 +22,7 @@ DST gets config.json (model_type neva), model.safetensors, the tokenizer, the im
 import argparse
 import sys
 
+from hfmm.conversion.io import command_line
 from hfmm.conversion.llava import convert_llava_checkpoint
 
 
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
             verify_outputs=not args.no_verify,
             force=args.force,
             max_shard_size=args.max_shard_size,
+            arguments=command_line(argv),
         )
     except (ValueError, FileExistsError, OSError) as error:  # CheckpointError is a ValueError
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

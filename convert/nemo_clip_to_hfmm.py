@@ -17,6 +17,7 @@ DST needs --force. Errors are one line and exit with status 1.
 import argparse
 import sys
 
+from hfmm.conversion.io import command_line
 from hfmm.conversion.nemo_checkpoints import convert_nemo_clip_checkpoint
 
 
@@ -32,7 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        result = convert_nemo_clip_checkpoint(args.src, args.dst, force=args.force, max_shard_size=args.max_shard_size)
+        result = convert_nemo_clip_checkpoint(
+            args.src, args.dst, force=args.force, max_shard_size=args.max_shard_size, arguments=command_line(argv)
+        )
     except (ValueError, FileExistsError, OSError) as error:  # CheckpointError is a ValueError
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1

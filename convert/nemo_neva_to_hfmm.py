@@ -24,6 +24,7 @@ DST appears only once complete; an existing DST needs --force.
 import argparse
 import sys
 
+from hfmm.conversion.io import command_line
 from hfmm.conversion.nemo_neva import convert_nemo_neva_checkpoint
 
 
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     try:
         result = convert_nemo_neva_checkpoint(
             args.src, args.dst, llm=args.llm, vision=args.vision, tokenizer=args.tokenizer, force=args.force,
-            max_shard_size=args.max_shard_size,
+            max_shard_size=args.max_shard_size, arguments=command_line(argv),
         )  # fmt: skip
     except (ValueError, FileExistsError, OSError) as error:  # CheckpointError is a ValueError
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -23,6 +23,7 @@ embeddings must agree within 1e-5 before anything is written. DST appears only o
 import argparse
 import sys
 
+from hfmm.conversion.io import command_line
 from hfmm.conversion.open_clip_checkpoints import convert_open_clip_checkpoint
 
 
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
             force=args.force,
             max_shard_size=args.max_shard_size,
             progress=True,
+            arguments=command_line(argv),
         )
     except (ValueError, FileExistsError, OSError) as error:  # CheckpointError is a ValueError
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

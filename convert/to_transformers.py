@@ -10,11 +10,12 @@ processor and chat template (the prompt expands to the same image tokens); trans
 
 CLIP:
 Refuses, naming the feature, models that `CLIPModel` cannot represent (ConvNeXt towers, several class tokens,
-a patch-embedding bias, average pooling, a logit bias). The exported tokenizer is transformers' `CLIPTokenizer`,
-which skips OpenCLIP's ftfy/HTML text cleaning and
-pads with the end-of-text token (the embeddings are the same); the image processor is transformers' PIL-backend
-`CLIPImageProcessor`, which composites transparent images on white before resizing. Both drift from hfmm's
-processor on such inputs only.
+a patch-embedding bias, average pooling, a logit bias). The export carries transformers' own `CLIPProcessor`
+(`AutoProcessor` loads it without hfmm): its `CLIPTokenizer` skips OpenCLIP's ftfy/HTML text cleaning and pads with
+the end-of-text token (the embeddings are the same); its `CLIPImageProcessor` gives OpenCLIP's pixels on RGB images
+with `backend="pil"` except for a one-pixel crop shift when the resized long edge minus the crop size is 3 mod 4,
+drifts a grey level or two with the default torchvision backend, and composites transparent images on white before
+resizing (README, "Export to a transformers-native CLIPModel", has the measured numbers). DST is checked first.
 """
 
 import argparse

@@ -14,6 +14,7 @@ BPE vocabulary) and image processor. Image and text embeddings are compared with
 import argparse
 import sys
 
+from hfmm.conversion.io import command_line
 from hfmm.conversion.transformers_checkpoints import convert_transformers_checkpoint
 
 
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
             force=args.force,
             max_shard_size=args.max_shard_size,
             progress=True,
+            arguments=command_line(argv),
         )
     except (ValueError, FileExistsError, OSError) as error:  # CheckpointError is a ValueError
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -369,3 +369,44 @@ def test_broken_inputs_give_one_line_errors_and_no_destination(tmp_path):
     assert not (tmp_path / "neva").exists()
     with pytest.raises(CheckpointError, match="not a folder"):
         convert_llava_checkpoint(tmp_path / "missing", tmp_path / "neva")
+
+
+def test_folder_saved_by_the_installed_transformers_with_its_llava_processor(tmp_path):
+    """Issue 15 item 4: transformers 5's `LlavaProcessor.save_pretrained` writes one `processor_config.json` (the
+    image processor nested) and no `preprocessor_config.json`; the script converts such a folder exactly."""
+    from transformers import LlavaProcessor
+
+    tokenizer = tiny_tokenizer()
+    llava = tiny_llava(tokenizer)
+    llava.save_pretrained(tmp_path / "llava")
+    processor = LlavaProcessor(
+        image_processor=tiny_image_processor(),
+        tokenizer=tokenizer,
+        patch_size=14,
+        num_additional_image_tokens=1,  # the class token, dropped by the "default" strategy (llava-hf's settings)
+        vision_feature_select_strategy="default",
+        chat_template=NevaProcessor.chat_template_for("v1"),
+    )
+    processor.save_pretrained(tmp_path / "llava")
+    assert (tmp_path / "llava" / "processor_config.json").is_file()
+    assert not (tmp_path / "llava" / "preprocessor_config.json").exists()
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "llava"), str(tmp_path / "neva")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    neva = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva").eval()
+    ids, image = prompt(neva.config.image_token_id), pixels()
+    with torch.no_grad():
+        ours, theirs = neva(input_ids=ids, pixel_values=image).logits, llava(input_ids=ids, pixel_values=image).logits
+    assert (ours - theirs).abs().max() <= 1e-5
+    greedy = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False)
+    assert torch.equal(
+        neva.generate(input_ids=ids, pixel_values=image, **greedy),
+        llava.generate(input_ids=ids, pixel_values=image, **greedy),
+    )
+    picture = Image.new("RGB", (40, 30), (200, 30, 30))
+    text = "USER: <image>\nWhat colour is the square? ASSISTANT:"
+    converted = NevaProcessor.from_pretrained(tmp_path / "neva")(images=picture, text=text, return_tensors="pt")
+    source = processor(images=picture, text=text, return_tensors="pt")
+    assert torch.equal(converted["input_ids"], source["input_ids"])
+    assert torch.allclose(converted["pixel_values"], source["pixel_values"], atol=1e-6)

@@ -164,6 +164,23 @@ def test_nemo2_tokenizer_folder(megatron_checkpoints, tmp_path):
     )
 
 
+@pytest.mark.parametrize("recorded", ["tok", "/home/me/tokenizers/tok"])
+def test_nemo2_tokenizer_folder_named_in_the_context(megatron_checkpoints, tmp_path, recorded):
+    """Issue 15 item 5: NeMo 2 copies a local tokenizer folder to `context/<folder name>/` and records its name (or
+    the path it was given) as `tokenizer.pretrained_model_name`; the converter reads those files."""
+    folder = tmp_path / "nemo2"
+    shutil.copytree(megatron_checkpoints / "tp2_cls8" / "dist", folder)
+    hf_clip_tokenizer_files(folder / "context" / "tok")
+    model_yaml = yaml.safe_load((folder / "context" / "model.yaml").read_text())
+    model_yaml["tokenizer"]["pretrained_model_name"] = recorded
+    (folder / "context" / "model.yaml").write_text(yaml.safe_dump(model_yaml))
+    dst = convert(folder, tmp_path)
+    assert (
+        AutoTokenizer.from_pretrained(dst)("a cat")["input_ids"]
+        == HfmmCLIPTokenizer.from_package()("a dog")["input_ids"]
+    )
+
+
 def test_distributed_checkpoint_read_without_megatron(megatron_checkpoints, tmp_path, monkeypatch):
     """A `.metadata` naming megatron-core's `MCoreMetadata`/`MCoreSavePlan` (as older megatron-core wrote) converts in a
     process where `import megatron` fails."""

@@ -196,15 +196,22 @@ def test_gqa_split_undoes_megatrons_per_group_interleave():
     assert torch.equal(out[0], q) and torch.equal(out[1], k) and torch.equal(out[2], v)
 
 
-@pytest.mark.slow
-def test_nemo2_neva_matches_megatron_llava_model(tmp_path):
+@pytest.fixture(scope="module")
+def nemo2_neva(tmp_path_factory) -> Path:
     """NeMo 2: megatron-core's `LLaVAModel` (CLIP ViT, MLP projector, LLaMA-style GPT) at TP=2, saved as `weights/`
-    (torch_dist) + `context/model.yaml`; its own forward (one image token expanded inside the model) is the truth."""
-    out = tmp_path / "megatron"
+    (torch_dist) + `context/model.yaml` + `context/nemo_tokenizer/`, and its own outputs in `reference.pt`."""
+    out = tmp_path_factory.mktemp("megatron")
     run = subprocess.run(
         [sys.executable, str(HERE / "nemo2_neva_megatron.py"), str(out)], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-4000:]
+    return out
+
+
+@pytest.mark.slow
+def test_nemo2_neva_matches_megatron_llava_model(nemo2_neva, tmp_path):
+    """megatron-core's own forward (one image token expanded inside the model) is the truth."""
+    out = nemo2_neva
     result = convert_nemo_neva_checkpoint(out / "nemo2", tmp_path / "neva")  # tokenizer: context/nemo_tokenizer/
     assert "torch_dist" in result.weights
     model = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva").eval()
@@ -218,3 +225,32 @@ def test_nemo2_neva_matches_megatron_llava_model(tmp_path):
     greedy = greedy_tokens(model, ids, reference["pixels"], original)
     assert torch.equal(greedy[:, ids.shape[1] :], reference["greedy"])
     assert model.config.vision_feature_layer == -1 and model.config.projector_type == "mlp2x_gelu"
+
+
+@pytest.mark.slow
+def test_nemo2_neva_tokenizer_folder_named_in_the_context(nemo2_neva, tmp_path):
+    """Issue 15 item 5: NeMo 2 copies a local tokenizer folder to `context/<folder name>/` and records that name as
+    `tokenizer.pretrained_model_name`; the converter finds it there without --tokenizer."""
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "nemo2"
+    shutil.copytree(nemo2_neva / "nemo2", folder)
+    (folder / "context" / "nemo_tokenizer").rename(folder / "context" / "llama_tok")
+    model_yaml = yaml.safe_load((folder / "context" / "model.yaml").read_text())
+    model_yaml["tokenizer"]["pretrained_model_name"] = "llama_tok"
+    (folder / "context" / "model.yaml").write_text(yaml.safe_dump(model_yaml))
+    convert_nemo_neva_checkpoint(folder, tmp_path / "neva")
+    converted = AutoTokenizer.from_pretrained(tmp_path / "neva")
+    source = AutoTokenizer.from_pretrained(folder / "context" / "llama_tok")
+    text = "What colour is the square? The square is red."
+    assert converted(text)["input_ids"] == source(text)["input_ids"]
+    reference = torch.load(nemo2_neva / "reference.pt", weights_only=True)
+    model = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva").eval()
+    ids = reference["ids"].clone()
+    ids[ids == -1] = model.config.image_token_id
+    original = model.config.image_token_id
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=reference["pixels"]).logits
+    assert (logits[..., :original] - reference["logits"][..., :original]).abs().max() <= 1e-5

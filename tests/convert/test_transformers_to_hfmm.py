@@ -162,3 +162,22 @@ def test_missing_key(tmp_path, capsys):
     save_file(state_dict, src / "model.safetensors")
     err = run_failing(tmp_path, capsys, src)
     assert "first transformers CLIPModel key 'vision_model.encoder.layers.1.mlp.fc2.bias'" in err
+
+
+def test_preprocessing_from_a_clip_processor_saved_by_the_installed_transformers(tmp_path):
+    """Issue 15 item 4 (CLIP side): transformers 5's `CLIPProcessor.save_pretrained` nests the image processor in
+    `processor_config.json`; its settings are read, not replaced by OpenAI's defaults."""
+    from transformers import CLIPProcessor, CLIPTokenizer
+
+    src = tmp_path / "src"
+    native_clip().save_pretrained(src)
+    HfmmCLIPTokenizer.from_package().save_pretrained(tmp_path / "vocab")
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}, image_mean=[0.5] * 3, image_std=[0.25] * 3
+    )
+    image_processor.resample = 2  # bilinear
+    CLIPProcessor(image_processor, CLIPTokenizer.from_pretrained(tmp_path / "vocab")).save_pretrained(src)
+    assert not (src / "preprocessor_config.json").exists()
+    assert transformers_to_hfmm.main([str(src), str(tmp_path / "dst")]) == 0
+    vision = AutoModel.from_pretrained(tmp_path / "dst").config.vision_config
+    assert (vision.image_mean, vision.image_std, vision.interpolation) == ([0.5] * 3, [0.25] * 3, "bilinear")

@@ -36,3 +36,34 @@ def test_soup_needs_two(tmp_path):
 
     with pytest.raises(ValueError, match="at least two"):
         make_soup([saved(tmp_path / "a", 0)], tmp_path / "soup")
+
+
+def test_soup_refuses_an_existing_out_before_reading_any_checkpoint(tmp_path):
+    """Issue 15 item 15: the destination is checked first; the corrupt checkpoints would fail any later step."""
+    from hfmm.training.soup import make_soup
+
+    corrupt = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{ not json")
+        (tmp_path / name / "model.safetensors").write_bytes(b"\0garbage")
+        corrupt.append(tmp_path / name)
+    (tmp_path / "soup").mkdir()
+    with pytest.raises(FileExistsError, match="soup exists; pass --force"):
+        make_soup(corrupt, tmp_path / "soup")
+
+
+def test_soup_folder_respects_the_umask(tmp_path):
+    """Issue 15 item 11: with umask 022 the soup folder is drwxr-xr-x, as `save_pretrained` makes it."""
+    import os
+    import stat
+
+    from hfmm.training.soup import make_soup
+
+    paths = [saved(tmp_path / f"run{i}", seed=i) for i in range(2)]
+    previous = os.umask(0o022)
+    try:
+        make_soup(paths, tmp_path / "soup")
+    finally:
+        os.umask(previous)
+    assert stat.filemode((tmp_path / "soup").stat().st_mode) == "drwxr-xr-x"

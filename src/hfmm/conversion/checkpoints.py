@@ -4,6 +4,7 @@ Pickles are read only with `weights_only=True` (a pickle that needs code is refu
 after every member has been checked (no absolute paths, no `..`, no links or devices).
 """
 
+import json
 import pickle
 import tarfile
 import zipfile
@@ -18,6 +19,32 @@ from .io import atomic_output_dir, write_provenance
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or converted; the message names the file and the problem."""
+
+
+# --- processor files ---------------------------------------------------------------------------------------------
+
+IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def image_processor_file(folder: Path) -> tuple[Path, dict] | None:
+    """Where a transformers folder keeps its image processor settings, and the settings; None when it has none.
+
+    Older transformers (and `ImageProcessor.save_pretrained`) write `preprocessor_config.json`; transformers 5's
+    `Processor.save_pretrained` writes a single `processor_config.json` with the image processor nested under
+    `"image_processor"`.
+    """
+    for name in IMAGE_PROCESSOR_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            settings = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{path}: not a readable JSON file ({error}).") from error
+        settings = settings.get("image_processor", settings) if name == "processor_config.json" else settings
+        if isinstance(settings, dict) and "image_processor_type" in settings:
+            return path, settings
+    return None
 
 
 # --- tensors -----------------------------------------------------------------------------------------------------

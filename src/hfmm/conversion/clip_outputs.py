@@ -12,6 +12,7 @@ from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel, HfmmSigLIPConfig, Hf
 from hfmm.models.clip.processing_clip import HfmmCLIPImageProcessor, HfmmCLIPProcessor, HfmmCLIPTokenizer
 
 from .checkpoints import CheckpointError, write_model_folder
+from .io import check_destination  # noqa: F401  (re-exported: the converters import it from here)
 
 TOLERANCE = 1e-5
 CLIP_VOCAB_SIZE = 49408
@@ -125,9 +126,3 @@ def write_clip_folder(
         max_shard_size=max_shard_size,
         provenance=provenance,
     )
-
-
-def check_destination(dst: str | Path, force: bool) -> None:
-    """Fails fast, before any work, when `dst` exists and `force` is not set."""
-    if Path(dst).exists() and not force:
-        raise FileExistsError(f"{dst} exists; pass --force to overwrite it.")

@@ -28,6 +28,7 @@ from hfmm.models.neva.processing_neva import NevaProcessor
 from .checkpoints import (
     CheckpointError,
     SafetensorsStateDict,
+    image_processor_file,
     load_torch_file,
     unwrap_state_dict,
     write_model_folder,
@@ -147,11 +148,12 @@ def _vision_config(folder: Path):
 def _image_processor(*folders: Path, pad: bool):
     """The tower's image processor (the first folder that has one); LLaVA-1.5's `pad` aspect ratio as Llava's."""
     for folder in folders:
-        if folder is not None and (folder / "preprocessor_config.json").is_file():
-            processor = AutoImageProcessor.from_pretrained(folder)
+        if folder is not None and image_processor_file(folder) is not None:
+            processor = AutoImageProcessor.from_pretrained(folder)  # reads either file transformers writes
             break
     else:
-        raise CheckpointError(f"no preprocessor_config.json in {[str(f) for f in folders if f is not None]}.")
+        searched = [str(f) for f in folders if f is not None]
+        raise CheckpointError(f"no preprocessor_config.json or processor_config.json (image processor) in {searched}.")
     if pad:
         from transformers import LlavaImageProcessorPil
 
@@ -451,6 +453,7 @@ def convert_llava_checkpoint(
     verify_outputs: bool = True,
     force: bool = False,
     max_shard_size: str = "5GB",
+    arguments: list[str] | None = None,
 ) -> NevaConversionResult:
     """
     Converts a LLaVA folder into an hfmm NeVA folder (config, safetensors, processor with chat template).
@@ -464,6 +467,7 @@ def convert_llava_checkpoint(
         verify_outputs: compare logits with transformers' Llava (≤ 1e-5) before writing, where `src` is complete.
         force: replace an existing `dst`.
         max_shard_size: weights above this size are split into shards.
+        arguments: the script's command-line arguments, recorded in `conversion.json` (the card's re-runnable command).
     """
     check_destination(dst, force)
     src = Path(src)
@@ -481,7 +485,9 @@ def convert_llava_checkpoint(
         model, processor, difference = _from_original_llava(src, llm, vision, verify_outputs, notes)
     else:
         raise CheckpointError(f"{src}: model_type={model_type!r} is not a LLaVA checkpoint.")
-    provenance = dict(converter="convert/llava_to_hfmm.py", source=src, notes=notes, differences=difference)
+    provenance = dict(
+        converter="convert/llava_to_hfmm.py", source=src, notes=notes, differences=difference, arguments=arguments
+    )
     write_model_folder(
         model, dst, processor=processor, force=force, max_shard_size=max_shard_size, provenance=provenance
     )

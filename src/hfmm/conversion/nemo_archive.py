@@ -67,6 +67,20 @@ class NemoCheckpoint:
     weights: str
 
 
+def nemo2_tokenizer_folders(checkpoint: NemoCheckpoint) -> list[Path]:
+    """The folders of a NeMo 2 checkpoint that may hold its tokenizer files, most specific first.
+
+    NeMo 2 copies a local tokenizer folder into `context/<folder name>/` and records `tokenizer.pretrained_model_name:
+    <folder name>` (or the path it was given); its HF-tokenizer saver uses `context/nemo_tokenizer/`. Only the last
+    component of the recorded name is used, so the folder stays inside `context/`.
+    """
+    context = checkpoint.root / "context"
+    spec = checkpoint.config.get("tokenizer") or {}
+    name = Path(str(spec.get("pretrained_model_name") or "")).name
+    named = [context / name] if name not in ("", ".", "..") else []
+    return [folder for folder in (*named, context / "nemo_tokenizer", context) if folder.is_dir()]
+
+
 @contextlib.contextmanager
 def open_nemo_checkpoint(src: str | Path) -> Iterator[NemoCheckpoint]:
     """Opens a `.nemo` tar (extracted into a temporary folder, removed on exit) or a NeMo 1/2 checkpoint folder."""

@@ -11,8 +11,9 @@ from hfmm.models.clip import HfmmCLIPModel
 from hfmm.models.clip.processing_clip import HfmmCLIPImageProcessor, HfmmCLIPProcessor, HfmmCLIPTokenizer
 
 from .checkpoints import CheckpointError, write_model_folder
+from .io import check_destination
 from .nemo import assemble_model, config_from_nemo1, config_from_nemo2
-from .nemo_archive import NemoCheckpoint, open_nemo_checkpoint
+from .nemo_archive import NemoCheckpoint, nemo2_tokenizer_folders, open_nemo_checkpoint
 
 # HF's CLIP vocab.json spells the special tokens differently from OpenCLIP (and hfmm); the ids are the same.
 _HF_SPECIAL_TOKENS = {"<|startoftext|>": "<start_of_text>", "<|endoftext|>": "<end_of_text>"}
@@ -57,7 +58,7 @@ def _artifact(root: Path, value: str | None) -> Path | None:
 
 
 def nemo_tokenizer(checkpoint: NemoCheckpoint) -> tuple[HfmmCLIPTokenizer, str]:
-    """The checkpoint's own BPE files (NeMo 1 `vocab_file`/`merge_file` artifacts, NeMo 2 `context/nemo_tokenizer/`)
+    """The checkpoint's own BPE files (NeMo 1 `vocab_file`/`merge_file` artifacts, NeMo 2 `context/<tokenizer>/`)
     when it carries them, else hfmm's CLIP BPE tokenizer, which is what NeMo's `openai/clip-vit-*` tokenizer is."""
     root = checkpoint.root
     if checkpoint.nemo_version == 1:
@@ -70,8 +71,7 @@ def nemo_tokenizer(checkpoint: NemoCheckpoint) -> tuple[HfmmCLIPTokenizer, str]:
             )
     else:
         spec = checkpoint.config.get("tokenizer") or {}
-        folder = next((d for d in (root / "context" / "nemo_tokenizer", root / "context") if (d / "vocab.json").is_file()),
-                      None)  # fmt: skip
+        folder = next((d for d in nemo2_tokenizer_folders(checkpoint) if (d / "vocab.json").is_file()), None)
         files = (folder / "vocab.json", folder / "merges.txt") if folder and (folder / "merges.txt").is_file() else ()
         name = spec.get("pretrained_model_name") or ""
     if files and all(files):
@@ -113,7 +113,13 @@ def build_model(
 
 
 def convert_nemo_clip_checkpoint(
-    src: str | Path, dst: str | Path, *, force: bool = False, max_shard_size: str = "5GB", progress: bool = False
+    src: str | Path,
+    dst: str | Path,
+    *,
+    force: bool = False,
+    max_shard_size: str = "5GB",
+    progress: bool = False,
+    arguments: list[str] | None = None,
 ) -> NemoConversion:
     """
     Converts a NeMo CLIP checkpoint into an hfmm CLIP folder (`config.json`, `model.safetensors`, tokenizer and
@@ -131,17 +137,19 @@ def convert_nemo_clip_checkpoint(
             Split the weights above this size.
         progress (`bool`, *optional*, defaults to `False`):
             Show a progress bar over the tensors.
+        arguments (`list[str]`, *optional*):
+            The converter script's command-line arguments, recorded in `conversion.json` so the conversion can be
+            re-run (the model card shows the command).
 
     Raises:
         `CheckpointError` (a `ValueError`) for unreadable, unsafe or unsupported checkpoints, naming the file or key;
         `FileExistsError` when `dst` exists and `force` is not set.
     """
     dst = Path(dst)
-    if dst.exists() and not force:
-        raise FileExistsError(f"{dst} exists; pass --force to overwrite it.")
+    check_destination(dst, force)
     with open_nemo_checkpoint(src) as checkpoint:
         model, processor, notes = build_model(checkpoint, progress=progress)
-        provenance = dict(converter="convert/nemo_clip_to_hfmm.py", source=src, notes=notes)
+        provenance = dict(converter="convert/nemo_clip_to_hfmm.py", source=src, notes=notes, arguments=arguments)
         write_model_folder(
             model, dst, processor=processor, force=force, max_shard_size=max_shard_size, provenance=provenance
         )

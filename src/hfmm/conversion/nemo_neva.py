@@ -32,7 +32,7 @@ from .llava import (
 )
 from .megatron_gpt import GptShards, gpt_rules, split_gqa_qkv, text_config_from_nemo
 from .nemo import COLUMN, REPLICATED, ROW, _target_name
-from .nemo_archive import open_nemo_checkpoint
+from .nemo_archive import nemo2_tokenizer_folders, open_nemo_checkpoint
 
 ADAPTER = r"embedding\.word_embeddings\.adapter_layer\.mm_projector_adapter\.mm_projector"
 TOWER = r"embedding\.word_embeddings\.vision_encoder\.vision_model"
@@ -170,8 +170,9 @@ def _get(cfg: Mapping, key: str, default=None):
     return node
 
 
-def _tokenizer(llm: Path | None, tokenizer: Path | None, source: str):
-    for folder in (tokenizer, llm):
+def _tokenizer(llm: Path | None, tokenizer: Path | None, source: str, *saved: Path):
+    """The transformers tokenizer of --tokenizer, else of --llm, else of the checkpoint's own `saved` folders."""
+    for folder in (tokenizer, llm, *saved):
         if folder is not None and folder.is_dir() and any(folder.glob("tokenizer*")):
             return AutoTokenizer.from_pretrained(folder)
     raise CheckpointError(
@@ -189,6 +190,7 @@ def convert_nemo_neva_checkpoint(
     tokenizer: str | Path | None = None,
     force: bool = False,
     max_shard_size: str = "5GB",
+    arguments: list[str] | None = None,
 ) -> NevaNemoConversion:
     """
     Converts a NeMo 1 NeVA checkpoint (`.nemo` tar or folder; `model_weights.ckpt`, `mp_rank_XX/`,
@@ -203,6 +205,7 @@ def convert_nemo_neva_checkpoint(
         tokenizer: a transformers tokenizer folder, unless `llm` is a transformers folder with one.
         force: replace an existing `dst`.
         max_shard_size: weights above this size are split into shards.
+        arguments: the script's command-line arguments, recorded in `conversion.json` (the card's re-runnable command).
     """
     check_destination(dst, force)
     llm, vision, tokenizer = (Path(p) if p is not None else None for p in (llm, vision, tokenizer))
@@ -213,7 +216,7 @@ def convert_nemo_neva_checkpoint(
             with atomic_output_dir(dst, force=force) as tmp:
                 model.save_pretrained(tmp, max_shard_size=max_shard_size)
                 processor.save_pretrained(tmp)
-                write_provenance(tmp, converter="convert/nemo_neva_to_hfmm.py", source=src, notes=notes)
+                write_provenance(tmp, converter=CONVERTER, source=src, notes=notes, arguments=arguments)
             return NevaNemoConversion(Path(dst), checkpoint.weights, notes)
         cfg = checkpoint.config
         mm = cfg.get("mm_cfg")
@@ -280,10 +283,11 @@ def convert_nemo_neva_checkpoint(
     with atomic_output_dir(dst, force=force) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
-        write_provenance(tmp, converter="convert/nemo_neva_to_hfmm.py", source=src, notes=notes)
+        write_provenance(tmp, converter=CONVERTER, source=src, notes=notes, arguments=arguments)
     return NevaNemoConversion(Path(dst), weights_note, notes)
 
 
+CONVERTER = "convert/nemo_neva_to_hfmm.py"
 _LORA_KEY = re.compile(
     r"(?:language_model\.encoder|decoder)\.layers\.(\d+)\.self_attention\.adapter_layer\.lora_kqv_adapter\.linear_(in|out)\.weight"
 )
@@ -351,7 +355,7 @@ def _nemo2(checkpoint, vision: Path | None, tokenizer: Path | None, source: str,
     """A NeMo 2 NeVA (`weights/` torch_dist + `context/model.yaml`): every part is in the checkpoint."""
     text_kwargs, vision_kwargs, projector, feature_layer = nemo2_configs(checkpoint.config, source)
     text_config = text_config_from_nemo(text_kwargs, source)
-    hf_tokenizer = _tokenizer(checkpoint.root / "context" / "nemo_tokenizer", tokenizer, source)  # NeMo 2's copy
+    hf_tokenizer = _tokenizer(None, tokenizer, source, *nemo2_tokenizer_folders(checkpoint))  # NeMo 2's copy
     text_config.vocab_size = len(hf_tokenizer)
     if vision_kwargs is None:  # NeMo 2's HF CLIP tower: its config comes from --vision
         if vision is None:

@@ -302,6 +302,7 @@ def convert_open_clip_checkpoint(
     max_shard_size: str = "5GB",
     timm_model_kwargs: dict | None = None,
     progress: bool = False,
+    arguments: list[str] | None = None,
 ) -> ConversionResult:
     """
     Converts an OpenCLIP checkpoint into an hfmm CLIP folder (`config.json`, safetensors weights, modeling files,
@@ -331,6 +332,9 @@ def convert_open_clip_checkpoint(
             Extra timm trunk arguments stored in the config (shrunk test models).
         progress (`bool`, *optional*, defaults to `False`):
             Show a progress bar.
+        arguments (`list[str]`, *optional*):
+            The converter script's command-line arguments, recorded in `conversion.json` so the conversion can be
+            re-run (the model card shows the command).
     """
     check_destination(dst, force)
     checkpoint = read_open_clip_checkpoint(
@@ -347,7 +351,11 @@ def convert_open_clip_checkpoint(
     else:
         result.notes.append("verification skipped (--no-verify)")
     provenance = dict(
-        converter="convert/open_clip_to_hfmm.py", source=src, notes=result.notes, differences=result.differences
+        converter="convert/open_clip_to_hfmm.py",
+        source=src,
+        notes=result.notes,
+        differences=result.differences,
+        arguments=arguments,
     )
     write_clip_folder(hfmm_model, dst, force=force, max_shard_size=max_shard_size, provenance=provenance)
     return result

@@ -13,7 +13,13 @@ from transformers import CLIPConfig, CLIPModel
 from hfmm.models.clip import HfmmCLIPModel
 from hfmm.models.clip.processing_clip import HfmmCLIPTokenizer
 
-from .checkpoints import CheckpointError, SafetensorsStateDict, load_torch_file, unwrap_state_dict
+from .checkpoints import (
+    CheckpointError,
+    SafetensorsStateDict,
+    image_processor_file,
+    load_torch_file,
+    unwrap_state_dict,
+)
 from .clip_outputs import (
     ConversionResult,
     check_destination,
@@ -92,12 +98,12 @@ def read_hfmm_config(src: Path):
     config = read_config(src)
     notes = []
     preprocessing = {}
-    if (src / "preprocessor_config.json").is_file():
-        processor_config = _read_json(src / "preprocessor_config.json")
+    if (found := image_processor_file(src)) is not None:
+        path, processor_config = found
         preprocessing, notes = preprocessing_from_processor_config(processor_config, config.vision_config.image_size)
-        notes.append("preprocessing from preprocessor_config.json")
+        notes.append(f"preprocessing from {path.name}")
     else:
-        notes.append("SRC has no preprocessor_config.json: OpenAI CLIP preprocessing")
+        notes.append("SRC has no preprocessor_config.json or processor_config.json: OpenAI CLIP preprocessing")
     if config.text_config.eos_token_id == 2:
         notes.append("legacy eos_token_id 2 (argmax pooling): hfmm pools at the first 49407, the same token")
     return from_transformers_config(config, preprocessing), notes
@@ -124,6 +130,7 @@ def convert_transformers_checkpoint(
     force: bool = False,
     max_shard_size: str = "5GB",
     progress: bool = False,
+    arguments: list[str] | None = None,
 ) -> ConversionResult:
     """
     Converts a transformers `CLIPModel` folder into an hfmm CLIP folder, exactly (the weights are copied unchanged).
@@ -141,6 +148,9 @@ def convert_transformers_checkpoint(
             Weights above this size are split into shards.
         progress (`bool`, *optional*, defaults to `False`):
             Show a progress bar.
+        arguments (`list[str]`, *optional*):
+            The converter script's command-line arguments, recorded in `conversion.json` so the conversion can be
+            re-run (the model card shows the command).
     """
     check_destination(dst, force)
     src = Path(src)
@@ -156,7 +166,11 @@ def convert_transformers_checkpoint(
     else:
         result.notes.append("verification skipped (--no-verify)")
     provenance = dict(
-        converter="convert/transformers_to_hfmm.py", source=src, notes=result.notes, differences=result.differences
+        converter="convert/transformers_to_hfmm.py",
+        source=src,
+        notes=result.notes,
+        differences=result.differences,
+        arguments=arguments,
     )
     write_clip_folder(model, dst, force=force, max_shard_size=max_shard_size, provenance=provenance)
     return result

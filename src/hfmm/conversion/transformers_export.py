@@ -4,14 +4,20 @@
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, CLIPImageProcessorPil, CLIPTokenizer
+from transformers import AutoConfig, AutoModel, CLIPImageProcessorPil, CLIPProcessor, CLIPTokenizer
 
-from .io import atomic_output_dir
+from .io import atomic_output_dir, check_destination
 from .llava import export_to_llava
 from .transformers_clip import to_transformers_model
 
 
-def native_processors(model_config, tokenizer_dir):
+def native_processor(model_config, tokenizer_dir) -> CLIPProcessor:
+    """transformers' own `CLIPProcessor` for an hfmm CLIP: `AutoProcessor` loads it without hfmm or remote code.
+
+    Its PIL backend (`backend="pil"`) gives OpenCLIP's pixels, except for a one-pixel shift of the crop when the
+    resized long edge minus the crop size is 3 mod 4 (transformers floors the crop offset, torchvision rounds half to
+    even); the default torchvision backend resizes uint8 tensors, a grey level or two from Pillow.
+    """
     vision = model_config.vision_config
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": vision.image_size},
@@ -23,7 +29,10 @@ def native_processors(model_config, tokenizer_dir):
     # Pad with the end-of-text token (transformers' convention; pooling takes the first one). A "!" pad token
     # would become special in CLIPTokenizer and split "!" out of every text.
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, pad_token="<end_of_text>")
-    return image_processor, tokenizer
+    # The source's tokenizer_config.json names hfmm's remote-code classes; the export ships none of them.
+    for key in ("auto_map", "processor_class"):
+        tokenizer.init_kwargs.pop(key, None)
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def clip_logit_difference(model, native) -> float:
@@ -46,6 +55,7 @@ def export_native(src: str | Path, dst: str | Path, *, verify_outputs: bool = Tr
     """
     from hfmm.models.clip import HfmmCLIPModel
 
+    check_destination(dst, force=force)  # before any weight is read
     if AutoConfig.from_pretrained(src).model_type == "neva":
         difference = export_to_llava(src, dst, verify_outputs=verify_outputs, force=force)
         checked = "" if difference is None else f" (largest logit difference {difference:.2g})"
@@ -58,6 +68,5 @@ def export_native(src: str | Path, dst: str | Path, *, verify_outputs: bool = Tr
         raise ValueError(f"exported logits differ from hfmm's by {difference:.3g}")
     with atomic_output_dir(dst, force=force) as tmp:
         native.save_pretrained(tmp)
-        for processor in native_processors(model.config, src):
-            processor.save_pretrained(tmp)
+        native_processor(model.config, src).save_pretrained(tmp)
     return "a transformers CLIPModel"

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel
 
 from hfmm.conversion.checkpoints import write_model_folder
+from hfmm.conversion.io import check_destination
 
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "auto_map"}
 
@@ -19,7 +20,9 @@ def _architecture(path: str | Path) -> dict:
 
 def make_soup(checkpoints: list[str | Path], out: str | Path, *, force: bool = False) -> Path:
     """Averages the weights of `checkpoints` (model folders of one architecture) and saves the result to `out`,
-    with the first checkpoint's config and processor files."""
+    with the first checkpoint's config and processor files. An existing `out` is refused (unless `force` is set)
+    before any checkpoint is read."""
+    check_destination(out, force)
     if len(checkpoints) < 2:
         raise ValueError(f"A soup needs at least two checkpoints, got {len(checkpoints)}.")
     reference = _architecture(checkpoints[0])
