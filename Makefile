@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_data.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests convert benchmarks recipes

@@ -116,7 +116,8 @@ class ConversationTransform:
                     return {"skip_reason": "missing_image"}
                 try:
                     with Image.open(path) as image:
-                        opened.append(image.convert("RGB"))
+                        image.load()  # decoded now, so the file can close; an RGB image is kept, not copied
+                        opened.append(image if image.mode == "RGB" else image.convert("RGB"))
                 except Exception:  # decoders raise many types
                     return {"skip_reason": "corrupt_image"}
             pixels = self.processor.image_processor(opened, return_tensors="pt")["pixel_values"]
