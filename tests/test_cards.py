@@ -17,7 +17,7 @@ from PIL import Image
 from reference_models import open_clip_model
 from safetensors.torch import save_file
 
-from hfmm.cards import CardError, load_eval_report, push, render_card, upload_plan, write_card
+from hfmm.cards import CardError, card_title, load_eval_report, push, render_card, upload_plan, write_card
 from hfmm.cli import main as hfmm_main
 from hfmm.conversion.open_clip_checkpoints import convert_open_clip_checkpoint
 from hfmm.training.evaluation import run_eval
@@ -117,6 +117,25 @@ def test_converted_clip_card_names_its_source(tmp_path):
     assert "| Image tower | 1 layers, width 768, 12 heads, MLP 3072 |" in text
     assert f"| Parameters | {sum(p.numel() for p in reference.parameters()):,} |" in text  # from the headers
     assert card.data.base_model == "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" and card.data.eval_results is None
+
+
+def test_card_names_the_model_from_its_recipe_or_source(trained_clip, tmp_path):
+    out, _, _ = trained_clip  # trained by recipes/clip/tiny_demo.yaml into a folder named "model"
+    card = render_card(out)
+    assert card.data.model_name == "tiny_demo" and "\n# tiny_demo\n" in str(card)
+    assert render_card(out, repo_id="org/my-clip").data.model_name == "org/my-clip"  # an explicit Hub id wins
+    reference, cfg = open_clip_model("ViT-B-32", layers=1)
+    src = tmp_path / "ViT-B-32-laion2b_s34b_b79k"
+    src.mkdir()
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, src / "open_clip_model.safetensors")
+    (src / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    convert_open_clip_checkpoint(src, tmp_path / "clip", verify_outputs=False)
+    card = render_card(tmp_path / "clip")
+    assert card.data.model_name == "ViT-B-32-laion2b_s34b_b79k" and "\n# ViT-B-32-laion2b_s34b_b79k\n" in str(card)
+    # a weights file's generic name says nothing: its folder names the model
+    record = {"source": str(src / "open_clip_pytorch_model.bin")}
+    assert card_title(tmp_path / "clip", None, record, None) == "ViT-B-32-laion2b_s34b_b79k"
+    assert card_title(tmp_path / "clip", None, {"source": "/ckpt/neva_7b.nemo"}, None) == "neva_7b"
 
 
 def test_neva_card_with_vqa_results(tmp_path):
@@ -225,3 +244,24 @@ def test_native_export_push_plans(tmp_path):
         hfmm_main(["push", str(tmp_path / "convnext"), "--repo", "org/c", "--format", "transformers", "--dry-run"])
         == 2
     )
+
+
+def test_converted_card_shows_the_exact_rerunnable_command(tmp_path):
+    """Issue 15 item 7: `conversion.json` records the script's arguments; the card shows them, shell-quoted."""
+    import shlex
+
+    reference, cfg = open_clip_model("ViT-B-32", layers=1)
+    src = tmp_path / "my hub"  # a space: the command must quote it to re-run
+    src.mkdir()
+    (src / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, src / "open_clip_model.safetensors")
+    script = Path(__file__).resolve().parents[1] / "convert" / "open_clip_to_hfmm.py"
+    spec = importlib.util.spec_from_file_location("open_clip_to_hfmm", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [str(src), str(tmp_path / "converted"), "--no-quick-gelu", "--max-shard-size", "2GB"]
+    assert module.main(argv) == 0
+    record = json.loads((tmp_path / "converted" / "conversion.json").read_text())
+    assert record["arguments"] == argv
+    text = str(render_card(tmp_path / "converted"))
+    assert f"python convert/open_clip_to_hfmm.py {shlex.join(argv)}\n" in text

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import platform
+import shlex
 import shutil
 import tempfile
 from importlib import metadata
@@ -210,6 +211,27 @@ def _training_section(run: dict | None, recipe: Path | None) -> dict | None:
     }
 
 
+# weight files whose name says nothing about the model: the card takes their folder's name instead
+GENERIC_WEIGHT_NAMES = ("open_clip_pytorch_model", "open_clip_model", "pytorch_model", "model", "model_weights")
+WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".nemo", ".tar", ".gz")
+
+
+def card_title(folder: Path, repo_id: str | None, conversion: dict | None, run: dict | None) -> str:
+    """The model's name on its card: the Hub id given, else the converted source's or the training recipe's name
+    (`CLIP-ViT-B-32-laion2B-s34B-b79K`, `tiny_demo`), else the folder's (often just "clip" or "stage2")."""
+    if repo_id:
+        return repo_id.split("/")[-1]
+    source = str((conversion or {}).get("source") or "").rstrip("/")
+    if source:
+        path = Path(source)
+        if path.suffix not in WEIGHT_SUFFIXES:
+            return path.name  # a folder or Hub id
+        return path.parent.name if path.stem in GENERIC_WEIGHT_NAMES else path.stem
+    if (run or {}).get("recipe"):
+        return Path(run["recipe"]).stem
+    return folder.resolve().name
+
+
 def _evaluation_rows(report: dict | None) -> list[dict]:
     rows = []
     for result in (report or {}).get("results", []):
@@ -275,8 +297,12 @@ def render_card(
             if isinstance(difference, dict)
             else f"{difference}"
         )
+        # The exact arguments the converter script ran with (older records have none: source and repo name then).
+        arguments = conversion.get("arguments")
+        conversion["arguments_text"] = shlex.join(arguments) if isinstance(arguments, list) else None
     neva = model_type == "neva"
     custom_code = bool(config.get("auto_map")) and not native
+    title, explicit_repo = card_title(folder, repo_id, conversion, training_run), repo_id is not None
     repo_id = repo_id or folder.resolve().name
     card_data = ModelCardData(
         library_name="transformers",
@@ -285,7 +311,7 @@ def render_card(
         base_model=base_model,
         datasets=datasets,
         tags=["hfmm", "llava" if neva else "clip", *(["custom_code"] if custom_code else [])],
-        model_name=repo_id,
+        model_name=repo_id if explicit_repo else title,
         eval_results=eval_results(eval_report) if eval_report else None,
     )
     kind = "NeVA (LLaVA-style) vision-language model" if neva else "CLIP-style contrastive image-text model"
@@ -300,6 +326,7 @@ def render_card(
         card_data,
         template_path=str(model_cards_dir() / ("neva.md" if neva else "clip.md")),
         model_name=repo_id.split("/")[-1],
+        title=title,
         repo_id=repo_id,
         summary=f"A {kind}, {origin}, in the Hugging Face–native format of hfmm.",
         custom_code=custom_code,
@@ -339,6 +366,7 @@ def record_training_run(
         "epochs": trainer.state.epoch,
         "hardware": {"device": device, "processes": args.world_size},
         "datasets": [str(name) for name in datasets or []],
+        "recipe": Path(recipe).name if recipe is not None else None,  # names the model on its card
         "hyperparameters": {
             "learning_rate": args.learning_rate,
             "per_device_train_batch_size": args.per_device_train_batch_size,

@@ -1,29 +1,97 @@
-"""The `hfmm` command line: `hfmm demo | zero-shot | chat | eval | soup`."""
+"""The `hfmm` command line: `hfmm demo | zero-shot | chat | eval | soup | card | push`."""
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+CLIP_KIND = "a CLIP (zero-shot image classification) model"
+NEVA_KIND = "a NeVA (image-text-to-text) model"
+ZERO_SHOT_BATCH = 32  # images per forward pass of `hfmm zero-shot`
 
-def zero_shot(args: argparse.Namespace) -> int:
-    """Prints the labels of each image, most probable first."""
-    from PIL import Image, UnidentifiedImageError
-    from transformers import pipeline
+
+def _kind_of(config) -> tuple[str | None, str]:
+    """`(CLIP_KIND or NEVA_KIND or None, words)` for a config: `(CLIP_KIND, "a CLIP (model_type hfmm_clip)")`."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+        MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING,
+    )
+
+    if type(config) in MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING:
+        kind, words = CLIP_KIND, "a CLIP"
+    elif type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:  # NeVA, or transformers' Llava and kin
+        kind, words = NEVA_KIND, "a NeVA" if config.model_type == "neva" else "an image-text-to-text model"
+    else:
+        kind, words = None, "another kind of model"
+    return kind, f"{words} (model_type {config.model_type})"
+
+
+def check_model(path: str, needs: str) -> None:
+    """Refuses, in one line, a missing local model folder or a model of the wrong kind for the command.
+
+    Args:
+        path (`str`): a model folder or Hub id.
+        needs (`str`): `CLIP_KIND` or `NEVA_KIND`.
+    """
+    from transformers import AutoConfig
 
     import hfmm  # noqa: F401  (registers hfmm's classes)
+    from hfmm.training.arguments import check_model_path
+
+    check_model_path(path, "model")
+    kind, words = _kind_of(AutoConfig.from_pretrained(path))
+    if kind != needs:
+        raise ValueError(f"this needs {needs}; {path} is {words}.")
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The image files named: a folder stands for the images in it (sorted, by extension), a file for itself."""
+    from hfmm.training.evaluation import IMAGE_EXTENSIONS
+
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                logging.getLogger("hfmm").warning("Skipping %s: no images (extensions %s)", path, IMAGE_EXTENSIONS)
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def zero_shot(args: argparse.Namespace) -> int:
+    """Prints the labels of each image, most probable first; unreadable images are skipped with a warning.
+
+    Images go to hfmm's processor as they are (not through the pipeline, which converts them to RGB first), so
+    16-bit images are scaled to 8 bit and transparent or palette images get OpenCLIP's exact pixels.
+    """
+    import torch
+    from transformers import AutoModelForZeroShotImageClassification, AutoProcessor
+
+    from hfmm.training.evaluation import _load_images
 
     if not args.label:
         raise ValueError("Give at least one --label.")
-    classifier = pipeline("zero-shot-image-classification", model=args.model)
-    for path in args.images:
-        try:
-            image = Image.open(path)
-            image.load()
-        except (OSError, UnidentifiedImageError) as error:
-            raise ValueError(f"Cannot read image {path}: {error}") from error
-        print(path)
-        for row in classifier(image, candidate_labels=args.label, hypothesis_template=args.template):
-            print(f"  {row['score']:.4f}  {row['label']}")
+    check_model(args.model, CLIP_KIND)
+    files = image_files(args.images)
+    images, kept = _load_images(files)  # a warning per unreadable file, as `hfmm eval`
+    if not images:
+        raise ValueError(f"None of the {len(files)} image(s) given could be read.")
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = AutoModelForZeroShotImageClassification.from_pretrained(args.model).eval()
+    texts = [args.template.format(label) for label in args.label]
+    sigmoid = "siglip" in model.config.model_type  # as the pipeline: independent probabilities for SigLIP
+    for start in range(0, len(images), ZERO_SHOT_BATCH):
+        batch = images[start : start + ZERO_SHOT_BATCH]
+        inputs = processor(images=batch, text=texts, return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            logits = model(**inputs).logits_per_image  # (images, labels)
+        probs = logits.sigmoid() if sigmoid else logits.softmax(dim=-1)
+        for index, row in zip(kept[start : start + ZERO_SHOT_BATCH], probs.tolist()):
+            print(files[index])
+            for score, label in sorted(zip(row, args.label), key=lambda pair: -pair[0]):
+                print(f"  {score:.4f}  {label}")
     return 0
 
 
@@ -32,20 +100,22 @@ def chat(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
     from transformers import AutoModelForImageTextToText, AutoProcessor, TextStreamer
 
-    import hfmm  # noqa: F401  (registers hfmm's classes)
-
+    if not args.question.strip():
+        raise ValueError('the question is empty; ask something, e.g. "What is in the picture?"')
+    check_model(args.model, NEVA_KIND)
     try:
         image = Image.open(args.image)
         image.load()
     except (OSError, UnidentifiedImageError) as error:
         raise ValueError(f"Cannot read image {args.image}: {error}") from error
     processor = AutoProcessor.from_pretrained(args.model)
-    model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
     if processor.chat_template is None:
         raise ValueError(f"{args.model} has no chat template; save its processor with one (NevaProcessor).")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": args.question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=image.convert("RGB"), text=prompt)
+    # the image as it is: NeVA's processor refuses modes that lose meaning in RGB (16-bit, 32-bit, float)
+    inputs = processor(images=image, text=prompt)
+    model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer)
     return 0
@@ -79,6 +149,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
     if len(args.task) != len(args.data):
         raise ValueError(f"Give one --data per --task (got {len(args.task)} tasks and {len(args.data)} datasets).")
+    if args.task:
+        check_model(args.model, NEVA_KIND if "vqa" in args.task else CLIP_KIND)
     report = run_eval(
         args.model, list(zip(args.task, args.data)), args.out, templates=args.template, batch_size=args.batch_size
     )
@@ -103,7 +175,9 @@ def _card_options(args: argparse.Namespace) -> dict:
 
 def card(args: argparse.Namespace) -> int:
     from hfmm.cards import write_card
+    from hfmm.training.arguments import check_model_path
 
+    check_model_path(args.dir, "DIR")
     path = write_card(args.dir, repo_id=args.repo_id, **_card_options(args))
     print(f"wrote {path}")
     return 0
@@ -143,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     shot.add_argument("--model", required=True, help="model folder or Hub id")
     shot.add_argument("--label", action="append", default=[], help="a candidate label (repeat)")
     shot.add_argument("--template", default="a photo of {}.", help="prompt template for each label")
-    shot.add_argument("images", nargs="+", help="image files")
+    shot.add_argument("images", nargs="+", help="image files or folders of images")
     shot.set_defaults(func=zero_shot)
 
     talk = commands.add_parser("chat", help="ask a NeVA a question about an image (greedy, streamed)")
@@ -213,11 +287,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# (logger, text) of the messages bitsandbytes' import gives on a machine without its optional CPU 4-bit kernel
+BITSANDBYTES_NOISE = (
+    ("bitsandbytes.backends.cpu.ops", "gemm_4bit_forward"),  # "Failed to load CPU gemm_4bit_forward ..."
+    ("kernels._internals.hf_hub", "quantization-bitsandbytes"),  # "Skipping publisher trust check ..." (offline)
+)
+
+
+def _quiet_bitsandbytes() -> None:
+    """Drops bitsandbytes' import-time warnings that its optional CPU 4-bit kernel cannot be loaded.
+
+    peft, imported by transformers' Trainer, imports bitsandbytes when it is installed, which then warns in every
+    command; no `hfmm` command loads 4-bit weights (only a NeVA recipe's `quantization:` section does).
+    """
+    for name, text in BITSANDBYTES_NOISE:
+        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_bitsandbytes()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, without a traceback
+        print(file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as error:  # OSError: also transformers' "not a valid model folder" family
         print(f"hfmm {args.command}: error: {error}", file=sys.stderr)
         return 2
 

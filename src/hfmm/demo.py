@@ -25,7 +25,8 @@ def make_data(data: Path, n_train: int, n_eval: int) -> dict[str, Path]:
     print(f"rendering {n_train} training and {2 * n_eval} held-out images into {data}")
     return {
         "train": make_shapes_dataset(data, n_train, seed=0, split="train"),
-        "retrieval": make_shapes_dataset(data, n_eval, seed=1, split="test"),
+        # in its own folder, so `hfmm eval` (and the card) name the dataset "shapes" rather than "data"
+        "retrieval": make_shapes_dataset(data / "shapes", n_eval, seed=1, split="test"),
         "colours": make_colour_imagefolder(data / "colours", n_eval, seed=2),
     }
 

@@ -96,6 +96,11 @@ def build_parts(parts: Path, texts: list[str]) -> None:
     llm.save_pretrained(parts / "llm")
 
 
+def _stage(text: str) -> None:
+    """A status line before each long, otherwise silent step (flushed: the demo runs under `make`, piped)."""
+    print(f"\n==> {text}", flush=True)
+
+
 def run_neva_demo(
     out: Path, *, n_train: int = 1600, n_eval: int = 160, epochs: tuple[float, float] | None = None
 ) -> dict:
@@ -110,6 +115,7 @@ def run_neva_demo(
     rendered = NevaProcessor.chat_template_for("v1")
     system = rendered[rendered.index('system="') + 8 : rendered.index('") -%}')]
     texts = conversations + [f"{system} USER: {QUESTION} ASSISTANT:"] * 200
+    _stage(f"building the parts into {parts}: a tiny CLIP vision tower, a tokenizer and a tiny LLaMA")
     build_parts(parts, texts)
     stage1_out, stage2_out = out / "stage1", out / "stage2"
     common = ["--image_folder", str(data)]
@@ -121,8 +127,11 @@ def run_neva_demo(
         first += ["--num_train_epochs", str(epochs[0])]
         second += ["--num_train_epochs", str(epochs[1])]
     recipes = recipes_dir() / "neva"
+    _stage(f"stage 1 of 2, feature alignment (recipes/neva_stage1.py): training the projector into {stage1_out}")
     stage1 = recipe_main("neva_stage1")(["--config", str(recipes / "tiny_demo_stage1.yaml"), *first])
+    _stage(f"stage 2 of 2, fine-tuning (recipes/neva_stage2.py): projector + language model into {stage2_out}")
     stage2 = recipe_main("neva_stage2")(["--config", str(recipes / "tiny_demo_stage2.yaml"), *second])
+    _stage(f"evaluating: greedy answers to {n_eval} held-out questions (hfmm eval --task vqa)")
     report = run_eval(stage2_out, [("vqa", paths["held_out"])], output=stage2_out / "eval.json", progress=False)
     accuracy = report["results"][0]["metrics"]["exact_match"]
     chance = 1 / len(COLOURS)

@@ -7,6 +7,7 @@ overrides a key of the file; values are parsed as YAML scalars (`--bf16 true`, `
 """
 
 import dataclasses
+import enum
 import types
 import typing
 from pathlib import Path
@@ -68,18 +69,99 @@ def _nested_dataclass(annotation) -> type | None:
     return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
 
 
-def _coerce(annotation, value):
-    """YAML reads `1e-4` (no dot) as a string: convert such values for `float`/`int` fields."""
-    if not isinstance(value, str):
+_MISMATCH = object()  # what `_fits` returns for a value of the wrong type (None is a value)
+_NUMBER_KINDS = (int, float)
+
+
+def _type_name(annotation) -> str:
+    """A readable name for an annotation, as a user would write it: `float`, `list[str]`, `int | None`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "None"
+    if origin in (types.UnionType, typing.Union):
+        return " | ".join(_type_name(arg) for arg in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(arg) for arg in args)}]"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum) and len(annotation) <= 8:
+        return " | ".join(repr(member.value) for member in annotation)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _fits(annotation, value, coerce: bool):
+    """`value` as an instance of `annotation`, or `_MISMATCH`; with `coerce`, numeric strings become numbers.
+
+    YAML reads `1e-4` (no dot) as a string, so the second pass (`coerce=True`) converts it for `float`/`int` fields
+    once no union member took the value as it is (a `str | float` field keeps the string).
+    """
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any or isinstance(annotation, (str, typing.TypeVar)):
+        return value  # unannotated or forward-referenced: nothing to check against
+    if annotation is type(None):
+        return value if value is None else _MISMATCH
+    if origin in (types.UnionType, typing.Union):
+        for passes in (False, True) if coerce else (False,):
+            for arg in args:
+                fitted = _fits(arg, value, passes)
+                if fitted is not _MISMATCH:
+                    return fitted
+        return _MISMATCH
+    if origin is typing.Literal:
+        return value if value in args else _MISMATCH
+    if origin in (list, tuple, dict):
+        return _fits_container(origin, args, value, coerce)
+    if dataclasses.is_dataclass(annotation):
+        return value if isinstance(value, annotation) else _MISMATCH  # a dict section is built before this check
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return value if isinstance(value, annotation) or any(value == m.value for m in annotation) else _MISMATCH
+    if annotation in _NUMBER_KINDS:
+        return _fits_number(annotation, value, coerce)
+    if isinstance(annotation, type):
+        return value if isinstance(value, annotation) else _MISMATCH
+    return value  # an annotation form this checker does not know: left to the dataclass
+
+
+def _fits_number(kind: type, value, coerce: bool):
+    if isinstance(value, bool):
+        return _MISMATCH  # YAML's true/false are not 1/0 here
+    if isinstance(value, kind) or (kind is float and isinstance(value, int)):
         return value
-    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    for kind in (int, float):
-        if kind in candidates:
-            try:
-                return kind(value)
-            except ValueError:
-                continue
-    return value
+    if coerce and isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            return _MISMATCH
+    return _MISMATCH
+
+
+def _fits_container(origin: type, args: tuple, value, coerce: bool):
+    if origin is dict:
+        if not isinstance(value, dict):
+            return _MISMATCH
+        if len(args) != 2:
+            return value
+        items = {k: _fits(args[1], v, coerce) for k, v in value.items()}
+        return _MISMATCH if any(v is _MISMATCH for v in items.values()) else items
+    if not isinstance(value, (list, tuple)):
+        return _MISMATCH
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            return _MISMATCH
+        items = [_fits(arg, item, coerce) for arg, item in zip(args, value)]
+    else:
+        items = [_fits(args[0], item, coerce) for item in value] if args else list(value)
+    if any(item is _MISMATCH for item in items):
+        return _MISMATCH
+    return origin(items)
+
+
+def _checked(annotation, value, key: str):
+    """`value` fitted to `annotation` (numeric strings converted), or a one-line `RecipeError` naming the key."""
+    fitted = _fits(annotation, value, coerce=True)
+    if fitted is _MISMATCH:
+        raise RecipeError(f"Recipe key {key} has value {value!r}; expected {_type_name(annotation)}.")
+    return fitted
 
 
 def _parse_override(raw: str) -> Any:
@@ -108,7 +190,8 @@ def apply_overrides(config: dict, argv: list[str]) -> dict:
     return config
 
 
-def _build(cls, values: dict, where: str):
+def _build(cls, values: dict, where: str, prefix: str = ""):
+    """An instance of `cls` from `values`, every value type-checked first (so nothing is built from a bad one)."""
     fields = _field_types(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -117,8 +200,8 @@ def _build(cls, values: dict, where: str):
     for name, value in values.items():
         nested = _nested_dataclass(fields[name])
         if nested is not None and isinstance(value, dict):
-            value = _build(nested, value, f"{where}.{name}")
-        kwargs[name] = _coerce(fields[name], value)
+            value = _build(nested, value, f"{where}.{name}", f"{prefix}{name}.")
+        kwargs[name] = _checked(fields[name], value, f"{prefix}{name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
@@ -207,3 +290,37 @@ class NevaDataArguments:
     image_folder: str | None = None  # folder the `image` paths are relative to
     model_max_length: int | None = None  # truncate longer samples (counted); None: the tokenizer's
     group_by_modality_length: bool = False  # batches of one modality (image or text-only), similar lengths (LLaVA)
+
+
+# --- local model paths ----------------------------------------------------------------------------------------------
+
+MODEL_PATH_KEYS = ("model_name_or_path", "vision_tower", "language_model")
+DEMO_FOLDER = "demo_output"  # where `hfmm demo` / `make demo-neva` write; the tiny demo recipes point into it
+
+
+def looks_local(path: str) -> bool:
+    """Whether `path` can only mean a local folder: a Hub id is `name` or `org/name`, never `./x`, `/x`, `~/x`,
+    `a/b/c`, nor `a/b` where the folder `a` exists here."""
+    if path.startswith((".", "/", "~", "\\")) or path.count("/") > 1:
+        return True
+    first = path.split("/", 1)[0]
+    return "/" in path and Path(first).exists()
+
+
+def check_model_path(path: str | None, key: str) -> None:
+    """Raises a one-line `RecipeError` for a local-looking model path that does not exist, instead of letting
+    transformers take it for a Hub id (a minute of retries offline, then a traceback or "Repo id must be in the form")."""
+    if path is None or not looks_local(str(path)) or Path(str(path)).expanduser().exists():
+        return
+    parts = Path(str(path)).parts
+    if DEMO_FOLDER in parts:
+        hint = f"`make {'demo-neva' if 'neva' in parts else 'demo'}` creates it"
+    else:
+        hint = "a Hub id is `name` or `org/name`"
+    raise RecipeError(f"{key} {path} does not exist; {hint}.")
+
+
+def check_model_paths(model_args) -> None:
+    """`check_model_path` on each of the recipe's model folders (`model_name_or_path`, `vision_tower`, ...)."""
+    for key in MODEL_PATH_KEYS:
+        check_model_path(getattr(model_args, key, None), key)

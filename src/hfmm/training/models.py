@@ -7,6 +7,8 @@ from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel, HfmmSigLIPConfig, Hf
 from hfmm.models.clip.configuration_clip import PRESETS_DIR
 from hfmm.models.clip.processing_clip import HfmmCLIPProcessor
 
+from .arguments import check_model_paths
+
 
 def _merge(base: dict, overrides: dict) -> dict:
     merged = dict(base)
@@ -43,6 +45,7 @@ def parameter_dtype(name: str) -> torch.dtype:
 def load_model_and_processor(model_args):
     """The model (`model_name_or_path`, else a fresh `preset`) in `model_args.dtype`, and its processor."""
     dtype = parameter_dtype(model_args.dtype)
+    check_model_paths(model_args)  # a missing local folder: one line now, not Hub retries then a traceback
     if model_args.model_name_or_path:
         model = AutoModel.from_pretrained(model_args.model_name_or_path, dtype=dtype)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)

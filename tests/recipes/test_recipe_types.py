@@ -1,0 +1,115 @@
+"""Recipe values are type-checked against their dataclass fields before anything is built (issue 15, item 6)."""
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from transformers import TrainingArguments
+
+from hfmm.training.arguments import (
+    CLIPDataArguments,
+    CLIPModelArguments,
+    NevaDataArguments,
+    NevaModelArguments,
+    RecipeError,
+    parse_recipe,
+)
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+CLIP = (CLIPModelArguments, CLIPDataArguments, TrainingArguments)
+NEVA = (NevaModelArguments, NevaDataArguments, TrainingArguments)
+
+
+def _recipe(tmp_path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"preset: ViT-B-32\noutput_dir: {tmp_path / 'out'}\n{text}")
+    return path
+
+
+@pytest.mark.parametrize(
+    "line, key, expected",
+    [
+        ("num_train_epochs: eight", "num_train_epochs", "float"),
+        ("per_device_train_batch_size: [64]", "per_device_train_batch_size", "int"),
+        ("bf16: maybe", "bf16", "bool"),
+        ("max_steps: 2.5", "max_steps", "int"),
+        ("rrc_scale: [0.9]", "rrc_scale", "tuple[float, float]"),
+        ("rrc_scale: [0.9, big]", "rrc_scale", "tuple[float, float]"),
+        ("zero_shot_templates: a photo of {}", "zero_shot_templates", "list[str] | None"),
+        ("config_overrides: [1, 2]", "config_overrides", "dict | None"),
+        ("loss_tile_size: auto", "loss_tile_size", "int | None"),
+        ("report_to: 3", "report_to", "None | str | list[str]"),
+        ("lr_scheduler_type: 7", "lr_scheduler_type", "str"),
+        ("streaming: 1", "streaming", "bool"),
+    ],
+)
+def test_wrong_type_is_one_line_naming_key_value_and_type(tmp_path, line, key, expected):
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(CLIP, _recipe(tmp_path, line))
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"key {key} " in message and repr(_yaml_value(line)) in message and expected in message, message
+    assert not (tmp_path / "out").exists()
+
+
+def _yaml_value(line: str):
+    import yaml
+
+    return next(iter(yaml.safe_load(line).values()))
+
+
+def test_override_of_wrong_type(tmp_path):
+    with pytest.raises(RecipeError, match=r"key learning_rate has value 'fast'; expected float"):
+        parse_recipe(CLIP, _recipe(tmp_path, ""), ["--learning_rate", "fast"])
+
+
+def test_nested_section_values_are_checked(tmp_path):
+    path = tmp_path / "neva.yaml"
+    path.write_text("language_model: lm\nvision_tower: vt\nlora:\n  r: sixteen\n")
+    with pytest.raises(RecipeError, match=r"key lora\.r has value 'sixteen'; expected int"):
+        parse_recipe(NEVA, path)
+    with pytest.raises(RecipeError, match=r"key lora\.target_modules has value \['q_proj', 3\]; expected list\[str\]"):
+        parse_recipe(NEVA, path, ["--lora.r", "16", "--lora.target_modules", "[q_proj, 3]"])
+    with pytest.raises(RecipeError, match=r"key lora has value 'yes please'; expected LoraArguments \| None"):
+        parse_recipe(NEVA, path, ["--lora", "yes please"])
+
+
+def test_good_values_are_converted(tmp_path):
+    model, data, training = parse_recipe(
+        CLIP,
+        _recipe(tmp_path, "learning_rate: 1e-4\nrrc_scale: [0.5, 1]\nzero_shot_templates: ['{}']\nreport_to: none\n"),
+        ["--max_steps", "3", "--lr_scheduler_type", "cosine", "--num_train_epochs", "2"],
+    )
+    assert training.learning_rate == 1e-4 and training.max_steps == 3 and training.num_train_epochs == 2
+    assert data.rrc_scale == (0.5, 1) and isinstance(data.rrc_scale, tuple) and data.zero_shot_templates == ["{}"]
+    assert training.lr_scheduler_type == "cosine"
+
+
+def test_literal_fields_and_optional_nested_dataclasses(tmp_path):
+    @dataclasses.dataclass
+    class Inner:
+        size: int = 1
+
+    @dataclasses.dataclass
+    class Outer:
+        mode: Literal["a", "b"] = "a"
+        inner: Inner | None = None
+        pair: tuple[float, ...] = ()
+
+    path = tmp_path / "r.yaml"
+    path.write_text("mode: b\ninner: {size: 4}\npair: [1, 2.5, 3]\n")
+    (outer,) = parse_recipe((Outer,), path)
+    assert outer == Outer(mode="b", inner=Inner(4), pair=(1, 2.5, 3))
+    with pytest.raises(RecipeError, match=r"key mode has value 'c'; expected 'a' \| 'b'"):
+        parse_recipe((Outer,), path, ["--mode", "c"])
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    sorted([*RECIPES.glob("clip/*.yaml"), *RECIPES.glob("neva/*.yaml")]),
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_every_shipped_recipe_passes_the_checker(recipe):
+    classes = CLIP if recipe.parent.name == "clip" else NEVA
+    parse_recipe(classes, recipe, ["--use_cpu", "true", "--bf16", "false"])
