@@ -22,7 +22,7 @@ DST gets config.json (model_type neva), model.safetensors, the tokenizer, the im
 import argparse
 import sys
 
-from hfmm.conversion.io import command_line
+from hfmm.conversion.io import command_line, run_script
 from hfmm.conversion.llava import convert_llava_checkpoint
 
 
@@ -59,4 +59,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

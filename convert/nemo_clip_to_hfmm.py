@@ -17,7 +17,7 @@ DST needs --force. Errors are one line and exit with status 1.
 import argparse
 import sys
 
-from hfmm.conversion.io import command_line
+from hfmm.conversion.io import command_line, run_script
 from hfmm.conversion.nemo_checkpoints import convert_nemo_clip_checkpoint
 
 
@@ -46,4 +46,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -24,7 +24,7 @@ DST appears only once complete; an existing DST needs --force.
 import argparse
 import sys
 
-from hfmm.conversion.io import command_line
+from hfmm.conversion.io import command_line, run_script
 from hfmm.conversion.nemo_neva import convert_nemo_neva_checkpoint
 
 
@@ -53,4 +53,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

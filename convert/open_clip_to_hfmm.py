@@ -23,7 +23,7 @@ embeddings must agree within 1e-5 before anything is written. DST appears only o
 import argparse
 import sys
 
-from hfmm.conversion.io import command_line
+from hfmm.conversion.io import command_line, run_script
 from hfmm.conversion.open_clip_checkpoints import convert_open_clip_checkpoint
 
 
@@ -71,4 +71,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -22,6 +22,7 @@ import argparse
 import sys
 
 import hfmm  # noqa: F401  (registers hfmm's classes)
+from hfmm.conversion.io import run_script
 from hfmm.conversion.transformers_export import export_native
 
 
@@ -42,4 +43,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -14,7 +14,7 @@ BPE vocabulary) and image processor. Image and text embeddings are compared with
 import argparse
 import sys
 
-from hfmm.conversion.io import command_line
+from hfmm.conversion.io import command_line, run_script
 from hfmm.conversion.transformers_checkpoints import convert_transformers_checkpoint
 
 
@@ -49,4 +49,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

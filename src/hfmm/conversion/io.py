@@ -81,3 +81,14 @@ def write_provenance(
     path = Path(folder) / PROVENANCE_FILE
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def run_script(main) -> None:
+    """Runs a converter script's `main` and exits with its status; Ctrl-C exits quietly with 130 (the shell's status
+    for SIGINT). Nothing is left behind either way: outputs appear only when complete (`atomic_output_dir`)."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        status = 130
+    sys.exit(status)

@@ -22,6 +22,7 @@ timm image towers always use exact GELU; the rule then decides the text tower on
 """
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,6 +346,8 @@ def convert_open_clip_checkpoint(
     )
     result = ConversionResult(Path(dst), notes=list(checkpoint.notes))
     if verify_outputs:
+        if progress:  # the bar has finished; building open_clip's model and comparing can take a minute or two
+            print("verifying against open_clip: building its model and comparing embeddings ...", file=sys.stderr)
         result.differences, skipped = verify(hfmm_model, checkpoint)
         if skipped:
             result.notes.append(skipped)

@@ -26,7 +26,7 @@ from transformers import (
 from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
 from hfmm.models.neva.processing_neva import NevaProcessor
 
-from .arguments import NevaModelArguments, RecipeError
+from .arguments import NevaModelArguments, RecipeError, check_model_paths
 from .common import HfmmTrainer, as_own_class, gathered_state_dict
 from .models import parameter_dtype
 from .neva_data import ModalityLengthGroupedSampler
@@ -77,6 +77,7 @@ def assemble_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneratio
 
 def load_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneration, NevaProcessor]:
     """The recipe's NeVA: loaded (optionally in 4 bits) or assembled; projector restored; freezing applied; LoRA."""
+    check_model_paths(args)  # a missing local folder: one line now, not Hub retries, then "Repo id must be ..."
     if args.quantization is not None and args.lora is None:
         raise RecipeError("`quantization:` (QLoRA) needs a `lora:` section: a 4-bit base cannot be trained directly.")
     if args.model_name_or_path is not None:
