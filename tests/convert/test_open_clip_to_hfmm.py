@@ -243,3 +243,11 @@ def test_full_size_convnext_base_training_checkpoint(tmp_path):
     del reference
     assert open_clip_to_hfmm.main([str(src), str(tmp_path / "dst"), "--model", "convnext_base"]) == 0
     assert_embeddings_match(expected, tmp_path / "dst")
+
+
+def test_the_converter_says_when_it_verifies_against_open_clip(tmp_path, capfd):
+    """After the conversion bar, building open_clip's model and comparing takes a while: a status line says so."""
+    reference, cfg = open_clip_model("ViT-B-32", layers=1)
+    src, args = write_source("hub-safetensors", reference, cfg, tmp_path, "ViT-B-32")
+    assert open_clip_to_hfmm.main([str(src), str(tmp_path / "dst"), *args]) == 0
+    assert "verifying against open_clip" in capfd.readouterr().err
