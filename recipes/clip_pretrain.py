@@ -9,9 +9,12 @@ Single process: `python recipes/clip_pretrain.py --config recipes/clip/tiny_demo
 
 import sys
 
+# isort: off
+import hfmm  # noqa: F401  (first: registers hfmm's classes, and its log filters precede transformers' imports)
+
+# isort: on
 from transformers import TrainingArguments, set_seed
 
-import hfmm  # noqa: F401  (registers hfmm's classes with the Auto classes)
 from hfmm.cards import record_training_run
 from hfmm.training.arguments import CLIPDataArguments, CLIPModelArguments, RecipeError, parse_recipe
 from hfmm.training.data import CLIPCollator, build_eval_dataset, build_train_dataset, configure_streaming

@@ -10,9 +10,12 @@ output folder gets `projector.safetensors` (stage 2's `pretrained_projector`) an
 
 import sys
 
+# isort: off
+import hfmm  # noqa: F401  (first: registers hfmm's classes, and its log filters precede transformers' imports)
+
+# isort: on
 from transformers import TrainingArguments, set_seed
 
-import hfmm  # noqa: F401  (registers hfmm's classes with the Auto classes)
 from hfmm.cards import push, record_training_run
 from hfmm.training.arguments import NevaDataArguments, NevaModelArguments, RecipeError, parse_recipe
 from hfmm.training.neva import NevaTrainer, load_neva, save_neva

@@ -224,3 +224,12 @@ def test_no_bitsandbytes_noise(clip_dir, gradient_16bit, tmp_path):
     process = _hfmm(*_zero_shot(clip_dir, gradient_16bit[0]))
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0 and BNB_NOISE not in stderr, stderr
+
+
+@pytest.mark.parametrize("recipe", ["clip_pretrain.py", "neva_stage1.py", "neva_stage2.py"])
+def test_no_bitsandbytes_noise_in_recipes(recipe):
+    """The recipes import hfmm (and its log filters) before transformers, which imports peft and bitsandbytes."""
+    script = Path(__file__).resolve().parents[1] / "recipes" / recipe
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert "usage" in result.stderr  # it ran its imports and stopped at the missing --config
+    assert BNB_NOISE not in result.stderr, result.stderr

@@ -5,6 +5,7 @@ Importing hfmm registers every config, model and processor with transformers' Au
 """
 
 from .auto import register as _register
+from .log_filters import quiet_bitsandbytes as _quiet_bitsandbytes
 from .models.clip import (
     HfmmCLIPConfig,
     HfmmCLIPModel,
@@ -24,6 +25,7 @@ from .models.neva.processing_neva import NevaProcessor
 
 __version__ = "0.1.0.dev0"
 
+_quiet_bitsandbytes()
 _register()
 
 __all__ = [

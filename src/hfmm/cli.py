@@ -287,26 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# (logger, text) of the messages bitsandbytes' import gives on a machine without its optional CPU 4-bit kernel
-BITSANDBYTES_NOISE = (
-    ("bitsandbytes.backends.cpu.ops", "gemm_4bit_forward"),  # "Failed to load CPU gemm_4bit_forward ..."
-    ("kernels._internals.hf_hub", "quantization-bitsandbytes"),  # "Skipping publisher trust check ..." (offline)
-)
-
-
-def _quiet_bitsandbytes() -> None:
-    """Drops bitsandbytes' import-time warnings that its optional CPU 4-bit kernel cannot be loaded.
-
-    peft, imported by transformers' Trainer, imports bitsandbytes when it is installed, which then warns in every
-    command; no `hfmm` command loads 4-bit weights (only a NeVA recipe's `quantization:` section does).
-    """
-    for name, text in BITSANDBYTES_NOISE:
-        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_bitsandbytes()
     try:
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, without a traceback
