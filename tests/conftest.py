@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -6,6 +7,13 @@ from hub_double import hub  # noqa: F401  (the `hub` fixture: a local test doubl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def sigint_as_in_a_terminal() -> None:
+    """`preexec_fn` for a subprocess that a test interrupts: SIGINT at its default disposition, as for a command typed
+    in a terminal (a job started in the background, as CI may start the suite, inherits SIGINT ignored, and Python
+    then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_text_config(**overrides) -> dict:

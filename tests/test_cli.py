@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_clip_config
+from conftest import sigint_as_in_a_terminal, tiny_clip_config
 from neva_fixtures import save_tiny_neva
 from PIL import Image
 
@@ -204,7 +204,7 @@ def _hfmm(*args: str, **kwargs) -> subprocess.Popen:
 
 
 def test_ctrl_c_exits_quietly_with_130(tmp_path):
-    process = _hfmm("demo", "--out", str(tmp_path / "demo"))
+    process = _hfmm("demo", "--out", str(tmp_path / "demo"), preexec_fn=sigint_as_in_a_terminal)
     first = process.stdout.readline()  # "rendering ...": the command is running
     assert first.startswith("rendering"), first + process.stderr.read()
     process.send_signal(signal.SIGINT)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import sigint_as_in_a_terminal
 
 SCRIPTS = sorted((Path(__file__).resolve().parents[2] / "convert").glob("*_hfmm.py")) + [
     Path(__file__).resolve().parents[2] / "convert" / "to_transformers.py"
@@ -31,6 +32,8 @@ def test_ctrl_c_exits_quietly_with_130(tmp_path):
         "    return 0\n"
         "run_script(main)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, preexec_fn=sigint_as_in_a_terminal
+    )
     assert result.returncode == 130
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr

@@ -129,7 +129,7 @@ def test_cli_zero_shot(saved_vit, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--label", "a cat"], "Cannot read image"),  # not an image
+        (["--label", "a cat"], "None of the 1 image(s) given could be read"),  # not an image (skipped with a warning)
         ([], "at least one --label"),
     ],
 )
