@@ -4,7 +4,14 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
 from hfmm.models.neva.processing_neva import NevaProcessor
@@ -109,3 +116,20 @@ def save_tiny_neva(directory: str | Path, seed: int = 0, **overrides) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return Path(directory)
+
+
+def save_tiny_parts(root: str | Path) -> None:
+    """Stage 1's parts, as transformers saves them: a tiny CLIP vision tower with its image processor in
+    `root/clip` and a tiny LLaMA with its tokenizer (no `<image>` token yet) in `root/llm` (seeded)."""
+    root = Path(root)
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, image_size=28, patch_size=14))  # fmt: skip
+    tower.save_pretrained(root / "clip")
+    tiny_image_processor().save_pretrained(root / "clip")
+    tokenizer = tiny_tokenizer(image_token=False)
+    llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
+                                       pad_token_id=tokenizer.pad_token_id))  # fmt: skip
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")

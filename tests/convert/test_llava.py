@@ -69,6 +69,19 @@ def save_llava_folder(folder: Path, layout: str) -> LlavaForConditionalGeneratio
     return llava
 
 
+def assert_matches_llava(neva, llava) -> None:
+    """Logits within 1e-5 and 20 equal greedy tokens on the same prompt and image."""
+    ids, image = prompt(neva.config.image_token_id), pixels()
+    with torch.no_grad():
+        ours, theirs = neva(input_ids=ids, pixel_values=image).logits, llava(input_ids=ids, pixel_values=image).logits
+    assert (ours - theirs).abs().max() <= 1e-5
+    greedy = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False)
+    assert torch.equal(
+        neva.generate(input_ids=ids, pixel_values=image, **greedy),
+        llava.generate(input_ids=ids, pixel_values=image, **greedy),
+    )
+
+
 @pytest.mark.parametrize("layout", ["saved", "sharded", "in-memory", "legacy"])
 def test_transformers_llava_converts_exactly(tmp_path, layout):
     llava = save_llava_folder(tmp_path / "llava", layout)
@@ -79,15 +92,7 @@ def test_transformers_llava_converts_exactly(tmp_path, layout):
     assert (layout == "sharded") == (tmp_path / "neva" / "model.safetensors.index.json").is_file()
     neva = AutoModelForImageTextToText.from_pretrained(tmp_path / "neva")
     assert isinstance(neva, NevaForConditionalGeneration)
-    ids, image = prompt(neva.config.image_token_id), pixels()
-    with torch.no_grad():
-        ours, theirs = neva(input_ids=ids, pixel_values=image).logits, llava(input_ids=ids, pixel_values=image).logits
-    assert (ours - theirs).abs().max() <= 1e-5
-    greedy = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False)
-    assert torch.equal(
-        neva.generate(input_ids=ids, pixel_values=image, **greedy),
-        llava.generate(input_ids=ids, pixel_values=image, **greedy),
-    )
+    assert_matches_llava(neva, llava)
 
 
 def test_the_script_and_the_reverse_export_to_a_native_llava(tmp_path):
@@ -395,15 +400,7 @@ def test_folder_saved_by_the_installed_transformers_with_its_llava_processor(tmp
     )
     assert run.returncode == 0, run.stderr[-2000:]
     neva = NevaForConditionalGeneration.from_pretrained(tmp_path / "neva").eval()
-    ids, image = prompt(neva.config.image_token_id), pixels()
-    with torch.no_grad():
-        ours, theirs = neva(input_ids=ids, pixel_values=image).logits, llava(input_ids=ids, pixel_values=image).logits
-    assert (ours - theirs).abs().max() <= 1e-5
-    greedy = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False)
-    assert torch.equal(
-        neva.generate(input_ids=ids, pixel_values=image, **greedy),
-        llava.generate(input_ids=ids, pixel_values=image, **greedy),
-    )
+    assert_matches_llava(neva, llava)
     picture = Image.new("RGB", (40, 30), (200, 30, 30))
     text = "USER: <image>\nWhat colour is the square? ASSISTANT:"
     converted = NevaProcessor.from_pretrained(tmp_path / "neva")(images=picture, text=text, return_tensors="pt")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from neva_fixtures import tiny_image_processor, tiny_tokenizer
+from neva_fixtures import save_tiny_parts
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import CLIPVisionModel, LlamaForCausalLM
 
 from hfmm import NevaForConditionalGeneration
 
@@ -27,17 +27,7 @@ def recipe(name: str):
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("neva_parts")
-    torch.manual_seed(0)
-    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, image_size=28, patch_size=14))  # fmt: skip
-    tower.save_pretrained(root / "clip")
-    tiny_image_processor().save_pretrained(root / "clip")
-    tokenizer = tiny_tokenizer(image_token=False)
-    llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                       num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
-                                       pad_token_id=tokenizer.pad_token_id))  # fmt: skip
-    llm.save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
+    save_tiny_parts(root)  # root/clip, root/llm
     data = root / "data"
     data.mkdir()
     captions, questions = [], []
