@@ -85,7 +85,7 @@ def embeddings(model, reference: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("variant, form", CASES)
 def test_matches_megatron_core(megatron_checkpoints, tmp_path, variant, form):
-    reference = torch.load(megatron_checkpoints / variant / "reference.pt")
+    reference = torch.load(megatron_checkpoints / variant / "reference.pt", weights_only=True)
     model = AutoModel.from_pretrained(convert(source(megatron_checkpoints, variant, form, tmp_path), tmp_path)).eval()
     image, text = embeddings(model, reference)
     torch.testing.assert_close(image, reference["image_embeds"], atol=TOLERANCE, rtol=0)
@@ -109,7 +109,7 @@ def test_activations_follow_nemo_rules(megatron_checkpoints, tmp_path):
     folder = edited_copy(
         megatron_checkpoints / "tp1_cls8" / "ckpt", tmp_path / "unfused", bias_activation_fusion=False
     )
-    reference = torch.load(megatron_checkpoints / "tp1_cls8" / "reference.pt")
+    reference = torch.load(megatron_checkpoints / "tp1_cls8" / "reference.pt", weights_only=True)
     image, _ = embeddings(AutoModel.from_pretrained(convert(folder, tmp_path / "out")), reference)
     assert (image - reference["image_embeds"]).abs().max() > 10 * TOLERANCE
 
@@ -118,7 +118,7 @@ def test_activations_follow_nemo_rules(megatron_checkpoints, tmp_path):
 def test_global_average_pool_with_eight_class_tokens(megatron_checkpoints, tmp_path, variant):
     """NeMo's legacy `global_average_pool` on megatron-core's tower: the head of the mean of every token (all 8 class
     tokens included) after the final LayerNorm, as recorded by the fixture from megatron-core's own modules."""
-    reference = torch.load(megatron_checkpoints / variant / "reference.pt")
+    reference = torch.load(megatron_checkpoints / variant / "reference.pt", weights_only=True)
     model = AutoModel.from_pretrained(convert(megatron_checkpoints / variant / "ckpt", tmp_path)).eval()
     model.vision_model.config.global_average_pool = True
     image, _ = embeddings(model, reference)
@@ -131,14 +131,14 @@ def test_mcore_ignores_global_average_pool(megatron_checkpoints, tmp_path, capsy
     folder = edited_copy(megatron_checkpoints / "tp1_cls8" / "ckpt", tmp_path / "gap", global_average_pool=True)
     model = AutoModel.from_pretrained(convert(folder, tmp_path)).eval()
     assert "global_average_pool is ignored" in capsys.readouterr().out
-    reference = torch.load(megatron_checkpoints / "tp1_cls8" / "reference.pt")
+    reference = torch.load(megatron_checkpoints / "tp1_cls8" / "reference.pt", weights_only=True)
     image, _ = embeddings(model, reference)
     torch.testing.assert_close(image, reference["image_embeds"], atol=TOLERANCE, rtol=0)
 
 
 def test_per_head_qkv_is_not_q_k_v(megatron_checkpoints, tmp_path):
     """Negative control: splitting megatron-core's fused QKV as `[q; k; v]` misses the reference by far."""
-    reference = torch.load(megatron_checkpoints / "tp1_cls1" / "reference.pt")
+    reference = torch.load(megatron_checkpoints / "tp1_cls1" / "reference.pt", weights_only=True)
     model = AutoModel.from_pretrained(convert(megatron_checkpoints / "tp1_cls1" / "ckpt", tmp_path)).eval()
     weights = torch.load(megatron_checkpoints / "tp1_cls1" / "ckpt" / "model_weights.ckpt", weights_only=False)
     with torch.no_grad():
@@ -206,7 +206,7 @@ def test_distributed_checkpoint_read_without_megatron(megatron_checkpoints, tmp_
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
-    reference = torch.load(megatron_checkpoints / "tp1_cls8" / "reference.pt")
+    reference = torch.load(megatron_checkpoints / "tp1_cls8" / "reference.pt", weights_only=True)
     image, text = embeddings(AutoModel.from_pretrained(dst).eval(), reference)
     torch.testing.assert_close(image, reference["image_embeds"], atol=TOLERANCE, rtol=0)
     torch.testing.assert_close(text, reference["text_embeds"], atol=TOLERANCE, rtol=0)

@@ -41,7 +41,7 @@ def run_worker(model_and_data, out: Path, *flags: str, processes: int = 1) -> li
     command = [*launcher, str(WORKER), *map(str, model_and_data), str(out), *flags]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(processes)]
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(processes)]
 
 
 def max_diff(a: dict, b: dict) -> float:

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from fsdp_launch import ROOT, accelerate_launch
-from neva_fixtures import save_tiny_neva, tiny_image_processor, tiny_tokenizer
+from neva_fixtures import save_tiny_neva, save_tiny_parts
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from hfmm.training.neva import QLORA_UNDER_FSDP, projector_state
 
@@ -35,17 +34,7 @@ def parts(tmp_path_factory) -> Path:
     """A tiny CLIP tower and LLaMA (stage 1's parts), a tiny NeVA (stage 2's start) and 8 samples per stage whose
     answers differ in length, so the two ranks hold different numbers of supervised tokens."""
     root = tmp_path_factory.mktemp("neva_fsdp")
-    torch.manual_seed(0)
-    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, image_size=28, patch_size=14))  # fmt: skip
-    tower.save_pretrained(root / "clip")
-    tiny_image_processor().save_pretrained(root / "clip")
-    tokenizer = tiny_tokenizer(image_token=False)
-    llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                       num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
-                                       pad_token_id=tokenizer.pad_token_id))  # fmt: skip
-    llm.save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
+    save_tiny_parts(root)  # root/clip, root/llm
     save_tiny_neva(root / "neva")
     captions, questions = [], []
     for index, (name, rgb) in enumerate(list(COLOURS.items()) * 2):
@@ -98,7 +87,7 @@ class Runs(dict):
     def __missing__(self, case: str) -> tuple[Path, Path]:
         fsdp = self.tmp_path_factory.mktemp(f"{case}_fsdp")
         reference = self.tmp_path_factory.mktemp(f"{case}_reference")
-        train(case, self.parts, fsdp)
+        train(case, self.parts, fsdp, env={"HFMM_TEST_RECORD_SHARDS": str(fsdp / "shards")})
         train(case, self.parts, reference, processes=0)
         self[case] = fsdp, reference
         return fsdp, reference
@@ -119,7 +108,9 @@ def sharded_checkpoint(folder: Path):
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     dcp_to_torch_save(folder, folder.parent / "gathered.pt")
-    return FileSystemReader(str(folder)).read_metadata(), torch.load(folder.parent / "gathered.pt")["model"]
+    return FileSystemReader(str(folder)).read_metadata(), torch.load(folder.parent / "gathered.pt", weights_only=True)[
+        "model"
+    ]
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -153,18 +144,31 @@ def test_fsdp_training_saves_the_parameters_of_one_process(runs, parts, case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_parameters_are_sharded_across_the_two_ranks_during_training(runs, case):
-    """FSDP's checkpoint of step 1 (`SHARDED_STATE_DICT`) holds each rank's own shard of every sharded parameter:
-    two files with data, and a weight's rows split in two chunks at different offsets."""
-    folder = runs[case][0] / "checkpoint-1" / "pytorch_model_fsdp_0"
+    """While training, each rank holds half the rows of every parameter (FSDP2's `Shard(dim=0)` DTensors), trained
+    or frozen; and FSDP's checkpoint of step 1 is written by both ranks."""
+    fsdp = runs[case][0]
+    ranks = [json.loads((fsdp / "shards" / f"rank{rank}-step1.json").read_text()) for rank in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 10
+    for name, shard in ranks[0].items():
+        assert shard["dtensor"] and shard["placements"] == ["S(0)"], name  # Shard(dim=0) as str() writes it
+        assert [rank[name]["local"][0] for rank in ranks] == [-(-shard["global"][0] // 2), shard["global"][0] // 2], (
+            name
+        )  # torch.chunk's split: ceil for rank 0, the rest for rank 1
+    trained = "modules_to_save.default.linear_1.weight" if case == "stage2_lora" else "projector.linear_1.weight"
+    projector = next(name for name in ranks[0] if name.endswith(trained))  # PEFT trains a copy of the projector
+    assert ranks[0][projector]["global"][0] == 2 * ranks[0][projector]["local"][0] > 0
+    if case == "stage2_lora":
+        assert sum(".lora_A.default." in name for name in ranks[0]) == 14  # 7 projections x 2 layers
+    folder = fsdp / "checkpoint-1" / "pytorch_model_fsdp_0"
     files = sorted(path.name for path in folder.glob("*.distcp"))
     assert files == ["__0_0.distcp", "__1_0.distcp"]
     assert all((folder / name).stat().st_size > 10_000 for name in files)
-    metadata, _ = sharded_checkpoint(folder)
-    # the projector trains in every case (LoRA's checkpoints hold only what trains: adapters and projector)
-    key = next(k for k in metadata.state_dict_metadata if k.endswith("multi_modal_projector.linear_1.weight"))
-    chunks = metadata.state_dict_metadata[key].chunks
-    rows = metadata.state_dict_metadata[key].size[0]
-    assert sorted(tuple(chunk.offsets) for chunk in chunks) == [(0, 0), (rows // 2, 0)]
+    if case != "stage2_lora":  # accelerate >= 1.16 saves PEFT adapters gathered (`get_peft_model_state_dict`)
+        metadata, _ = sharded_checkpoint(folder)
+        key = next(k for k in metadata.state_dict_metadata if k.endswith("multi_modal_projector.linear_1.weight"))
+        chunks = metadata.state_dict_metadata[key].chunks
+        rows = metadata.state_dict_metadata[key].size[0]
+        assert sorted(tuple(chunk.offsets) for chunk in chunks) == [(0, 0), (rows // 2, 0)]
 
 
 # LoRA is the case that can go wrong (its checkpoints hold only adapters and projector); the others cost a minute more

@@ -115,7 +115,7 @@ def test_grad_cache_trains_a_contrastive_batch_8x_the_device_batch(tmp_path):
     run_worker(
         out, "--dtype", "float32", "--steps", "6", "--batch", "16", "--grad-cache", "2", "--optim", "adamw_torch"
     )
-    log = torch.load(out / "rank0.pt")["log"]
+    log = torch.load(out / "rank0.pt", weights_only=True)["log"]
     losses = [entry["loss"] for entry in log if "loss" in entry]
     assert len(losses) == 6 and losses[-1] < losses[0]
 
@@ -132,7 +132,10 @@ def test_two_processes_equal_one(tmp_path, mode):
         single, double = tmp_path / f"one-{dtype}", tmp_path / f"two-{dtype}"
         run_worker(single, "--dtype", dtype, "--batch", "8", "--mode", "local")
         run_worker(double, "--dtype", dtype, "--batch", "4", "--mode", mode, processes=2)
-        one, ranks = torch.load(single / "rank0.pt"), [torch.load(double / f"rank{r}.pt") for r in (0, 1)]
+        one, ranks = (
+            torch.load(single / "rank0.pt", weights_only=True),
+            [torch.load(double / f"rank{r}.pt", weights_only=True) for r in (0, 1)],
+        )
         ratio = ranks[0]["grads"]["logit_scale"] / one["grads"]["logit_scale"]
         assert abs(ratio.item() - 1) <= 1e-5  # the scale gradient is not multiplied by the world size
         if dtype == "float32":
@@ -151,7 +154,10 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     assert not (tmp_path / "crashed" / "rank0.pt").exists()
     checkpoint = str(tmp_path / "crashed" / "run" / "checkpoint-3")
     run_worker(tmp_path / "crashed", *flags, "--save-steps", "3", "--resume", checkpoint)
-    straight, resumed = torch.load(tmp_path / "straight" / "rank0.pt"), torch.load(tmp_path / "crashed" / "rank0.pt")
+    straight, resumed = (
+        torch.load(tmp_path / "straight" / "rank0.pt", weights_only=True),
+        torch.load(tmp_path / "crashed" / "rank0.pt", weights_only=True),
+    )
     assert max_diff(straight["params"], resumed["params"]) <= 1e-6
 
 

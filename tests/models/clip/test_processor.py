@@ -103,7 +103,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-    texts = torch.load(os.path.join(folder, "texts.pt"))
+    texts = torch.load(os.path.join(folder, "texts.pt"), weights_only=True)
     images = [Image.open(os.path.join(folder, f"image{i}.png")) for i in range(3)]
     inputs = dict(processor(text=texts, images=images))
     inputs["tokenizer_ids"] = tokenizer(texts, padding="max_length", max_length=77, truncation=True,
@@ -127,7 +127,7 @@ def test_remote_code_load_without_hfmm(processor, tmp_path):
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    remote = torch.load(out)
+    remote = torch.load(out, weights_only=True)
     assert all(module.startswith("transformers_modules.") for module in remote["modules"])
     images = [Image.open(folder / f"image{i}.png") for i in range(3)]
     expected = processor(text=TEXTS, images=images)
