@@ -9,7 +9,7 @@ import timm
 import torch
 
 from hfmm import HfmmCLIPModel
-from hfmm.conversion.open_clip import config_from_open_clip, convert_open_clip_state_dict
+from hfmm.conversion.open_clip.mapping import config_from_open_clip, convert_open_clip_state_dict
 
 SHRUNK_CONVNEXT_DEPTHS = [1, 1, 2, 1]
 

@@ -155,7 +155,7 @@ def test_recipe_model_paths_are_checked(tmp_path, monkeypatch):
         check_model_paths,
         looks_local,
     )
-    from hfmm.training.models import load_model_and_processor
+    from hfmm.training.clip.model import load_model_and_processor
 
     monkeypatch.chdir(tmp_path)
     assert not looks_local("openai/clip-vit-base-patch32") and not looks_local("gpt2")

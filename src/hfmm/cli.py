@@ -5,6 +5,9 @@ import logging
 import sys
 from pathlib import Path
 
+from hfmm.conversion.cli import add_convert_command
+from hfmm.training.cli import add_train_command
+
 CLIP_KIND = "a CLIP (zero-shot image classification) model"
 NEVA_KIND = "a NeVA (image-text-to-text) model"
 ZERO_SHOT_BATCH = 32  # images per forward pass of `hfmm zero-shot`
@@ -46,7 +49,7 @@ def check_model(path: str, needs: str) -> None:
 
 def image_files(paths: list[str]) -> list[Path]:
     """The image files named: a folder stands for the images in it (sorted, by extension), a file for itself."""
-    from hfmm.training.evaluation import IMAGE_EXTENSIONS
+    from hfmm.evaluation import IMAGE_EXTENSIONS
 
     files = []
     for path in map(Path, paths):
@@ -69,7 +72,7 @@ def zero_shot(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForZeroShotImageClassification, AutoProcessor
 
-    from hfmm.training.evaluation import _load_images
+    from hfmm.evaluation import _load_images
 
     if not args.label:
         raise ValueError("Give at least one --label.")
@@ -123,11 +126,11 @@ def chat(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     if args.neva:
-        from hfmm.demo_neva import run_neva_demo
+        from hfmm.demo.neva import run_neva_demo
 
         run_neva_demo(Path(args.out) / "neva")
         return 0
-    from hfmm.demo import run_clip_demo
+    from hfmm.demo.clip import run_clip_demo
 
     run_clip_demo(Path(args.out), n_train=args.train_size, epochs=args.epochs)
     return 0
@@ -145,7 +148,7 @@ def soup(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Runs each `--task` on its `--data`, prints the metrics and writes the eval JSON."""
-    from hfmm.training.evaluation import run_eval
+    from hfmm.evaluation import run_eval
 
     if len(args.task) != len(args.data):
         raise ValueError(f"Give one --data per --task (got {len(args.task)} tasks and {len(args.data)} datasets).")
@@ -174,7 +177,7 @@ def _card_options(args: argparse.Namespace) -> dict:
 
 
 def card(args: argparse.Namespace) -> int:
-    from hfmm.cards import write_card
+    from hfmm.hub.cards import write_card
     from hfmm.training.arguments import check_model_path
 
     check_model_path(args.dir, "DIR")
@@ -184,7 +187,7 @@ def card(args: argparse.Namespace) -> int:
 
 
 def push(args: argparse.Namespace) -> int:
-    from hfmm.cards import PushError, push
+    from hfmm.hub.cards import PushError, push
 
     try:
         result = push(
@@ -284,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--neva", action="store_true", help="the NeVA demo instead: two recipe stages, then held-out answer accuracy"
     )
     show.set_defaults(func=demo)
+
+    add_train_command(commands)
+    add_convert_command(commands)
     return parser
 
 
