@@ -16,9 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import tiny_clip_config
+from neva_fixtures import save_tiny_neva
 
 from hfmm import HfmmCLIPModel
+from hfmm.cli import main as hfmm_main
 from hfmm.conversion.common.verification import clip_processor
+from hfmm.hub.cards import CardError
+from hfmm.hub.push import PushError, push, upload_plan
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +94,6 @@ def test_a_bug_during_the_push_is_not_reported_as_a_hub_failure(model_dir, monke
     """Only the Hub's answers and network/OS failures become a PushError; a programming error keeps its traceback."""
     from huggingface_hub import HfApi
 
-    from hfmm.hub.cards import PushError, push
-
     def broken(*args, **kwargs):
         raise TypeError("a bug in the caller")
 
@@ -158,3 +160,44 @@ def test_recipe_push_to_hub_uploads_hfmm_card(hub, tmp_path):
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "transformers" and "hfmm" in front["tags"]
     assert "Trained for 1 step " in card and 'model_id = "org/tiny-clip"' in card
+
+
+def test_upload_plan_needs_a_model_folder(tmp_path):
+    with pytest.raises(CardError, match="not a saved model folder"):
+        upload_plan(tmp_path)
+
+
+def test_upload_plan_leaves_training_state_and_links_home(model_dir, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "optimizer.pt", "trainer_state.json", "rng_state_0.pth"):
+        (folder / name).write_text("x")
+    for name in ("runs/events.out", "checkpoint-5/model.safetensors", "extra/notes.md", ".cache/lock"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text("x")
+    (folder / "linked.safetensors").symlink_to(model_dir / "model.safetensors")
+    assert upload_plan(folder) == ["config.json", "extra/notes.md", "model.safetensors"]
+
+
+def test_unknown_push_format_is_refused(model_dir):
+    with pytest.raises(ValueError, match="format must be 'hfmm' or 'transformers'"):
+        push(model_dir, "org/tiny-clip", fmt="onnx", dry_run=True)
+
+
+def test_native_export_push_plans(tmp_path):
+    """`--format transformers`: a NeVA goes up as transformers' Llava (no remote code); a ConvNeXt CLIP, which
+    `CLIPModel` cannot hold, is refused with the reason and nothing else happens."""
+    folder = save_tiny_neva(tmp_path / "neva")
+    files = push(folder, "org/tiny-neva", fmt="transformers", dry_run=True).files
+    assert "README.md" in files and "model.safetensors" in files and not any(f.endswith(".py") for f in files)
+    convnext = tiny_clip_config(vision={"model_type": "hfmm_convnext_vision_model", "timm_model_name": "convnext_atto",
+                                        "hidden_size": 320, "image_size": 32})  # fmt: skip
+    model = HfmmCLIPModel(convnext)
+    model.save_pretrained(tmp_path / "convnext")
+    clip_processor(model.config).save_pretrained(tmp_path / "convnext")
+    with pytest.raises(CardError, match="no native transformers form.*hfmm_convnext_vision_model image tower"):
+        push(tmp_path / "convnext", "org/convnext", fmt="transformers", dry_run=True)
+    assert (
+        hfmm_main(["push", str(tmp_path / "convnext"), "--repo", "org/c", "--format", "transformers", "--dry-run"])
+        == 2
+    )

@@ -1,36 +1,27 @@
-"""Model cards rendered from what a model folder says about itself, and the one-commit push to the Hub.
+"""Model cards rendered from what a model folder says about itself.
 
 A card is rendered with huggingface_hub's `ModelCard.from_template` from `model_cards/clip.md` or `model_cards/neva.md`
 and structured data only: `config.json` (architecture, sizes, preprocessing), the safetensors headers (parameter
-count), `conversion.json` (written by the converters) or `training_run.json` (written by the recipes) and the recipe
-YAML, an eval JSON from `hfmm eval` (its `results` become the card's `model-index`, values unchanged), and the
-installed framework versions.
-
-`push` uploads a folder in one commit (`HfApi.create_commit`): the card, `config.json` with its `auto_map`, the modeling
-files for remote code, the safetensors weights and the processor files; checkpoints and trainer state stay home.
-`upload_plan` is the same list, so `--dry-run` shows exactly what the commit would hold.
+count), `conversion.json` (written by the converters) or `training_run.json` and `recipe.yaml` (written by the recipes,
+`hfmm.hub.record`), an eval JSON from `hfmm eval` (its `results` become the card's `model-index`, values unchanged),
+and the installed framework versions. `trainer_model_card` is the card a `Trainer.push_to_hub` uploads.
 """
 
-import dataclasses
 import json
 import math
 import platform
 import shlex
-import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import yaml
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
-from huggingface_hub.errors import HTTPError as HubHTTPError
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from hfmm.conversion.common.writer import PROVENANCE_FILE
+from hfmm.hub.record import RECIPE_FILE, TRAINING_RUN_FILE, record_training_run
 from hfmm.resources import model_cards_dir
 
-TRAINING_RUN_FILE = "training_run.json"
-RECIPE_FILE = "recipe.yaml"
 PIPELINE_TAGS = {"hfmm_clip": "zero-shot-image-classification", "hfmm_siglip": "zero-shot-image-classification",
                  "neva": "image-text-to-text"}  # fmt: skip
 TASK_NAMES = {
@@ -39,19 +30,11 @@ TASK_NAMES = {
     "visual-question-answering": "Visual question answering",
 }
 METRIC_NAMES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "exact_match": "exact match"}
-# files a training or conversion folder may hold that never go to the Hub
-LOCAL_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json", "rng_state")
-LOCAL_ONLY_DIRS = ("checkpoint-", "runs", ".cache", ".git", "__pycache__")
-NO_TOKEN = "no valid Hugging Face token: run `hf auth login` or set HF_TOKEN"
 FRAMEWORKS = ("hfmm", "transformers", "torch", "huggingface_hub", "open_clip_torch", "timm", "peft", "accelerate")
 
 
 class CardError(ValueError):
     """A model folder or an eval JSON the card cannot be rendered from."""
-
-
-class PushError(RuntimeError):
-    """The Hub refused or could not be reached; nothing was committed."""
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -242,6 +225,36 @@ def _evaluation_rows(report: dict | None) -> list[dict]:
     return rows
 
 
+def _eval_input(folder: Path, eval_report: dict | str | Path | None) -> tuple[dict | None, str | None]:
+    """The eval JSON for the card (the one given, else the folder's `eval.json`) and its file name, when read from one."""
+    if eval_report is None and (folder / "eval.json").is_file():
+        eval_report = folder / "eval.json"
+    if isinstance(eval_report, (str, Path)):
+        return load_eval_report(eval_report), Path(eval_report).name
+    return eval_report, None
+
+
+def _conversion_record(folder: Path) -> dict | None:
+    """The folder's `conversion.json`, with the measured difference and the converter's command as card text."""
+    if not (folder / PROVENANCE_FILE).is_file():
+        return None
+    conversion = _read_json(folder / PROVENANCE_FILE, "conversion record")
+    difference = conversion.get("max_difference_from_source")
+    conversion["difference_text"] = (
+        ", ".join(f"{k} {v:.2g}" for k, v in difference.items()) if isinstance(difference, dict) else f"{difference}"
+    )
+    # The exact arguments the converter script ran with (older records have none: source and repo name then).
+    arguments = conversion.get("arguments")
+    conversion["arguments_text"] = shlex.join(arguments) if isinstance(arguments, list) else None
+    return conversion
+
+
+def _origin(conversion: dict | None, *, trained: bool) -> str:
+    if conversion:
+        return "converted from an existing checkpoint"
+    return "trained with hfmm" if trained else "saved with hfmm"
+
+
 # --------------------------------------------------------------------------------------------------- render
 
 
@@ -278,28 +291,12 @@ def render_card(
     model_type = config.get("model_type")
     if model_type not in PIPELINE_TAGS:
         raise CardError(f"{folder}: model_type {model_type!r} is not an hfmm model ({sorted(PIPELINE_TAGS)}).")
-    if eval_report is None and (folder / "eval.json").is_file():
-        eval_report = folder / "eval.json"
-    eval_source = Path(eval_report).name if isinstance(eval_report, (str, Path)) else None
-    if isinstance(eval_report, (str, Path)):
-        eval_report = load_eval_report(eval_report)
-    conversion = (
-        _read_json(folder / PROVENANCE_FILE, "conversion record") if (folder / PROVENANCE_FILE).is_file() else None
-    )
+    eval_report, eval_source = _eval_input(folder, eval_report)
+    conversion = _conversion_record(folder)
     if recipe is None and (folder / RECIPE_FILE).is_file():
         recipe = folder / RECIPE_FILE
     if training_run is None and (folder / TRAINING_RUN_FILE).is_file():
         training_run = _read_json(folder / TRAINING_RUN_FILE, "training run record")
-    if conversion is not None:
-        difference = conversion.get("max_difference_from_source")
-        conversion["difference_text"] = (
-            ", ".join(f"{k} {v:.2g}" for k, v in difference.items())
-            if isinstance(difference, dict)
-            else f"{difference}"
-        )
-        # The exact arguments the converter script ran with (older records have none: source and repo name then).
-        arguments = conversion.get("arguments")
-        conversion["arguments_text"] = shlex.join(arguments) if isinstance(arguments, list) else None
     neva = model_type == "neva"
     custom_code = bool(config.get("auto_map")) and not native
     title, explicit_repo = card_title(folder, repo_id, conversion, training_run), repo_id is not None
@@ -315,13 +312,7 @@ def render_card(
         eval_results=eval_results(eval_report) if eval_report else None,
     )
     kind = "NeVA (LLaVA-style) vision-language model" if neva else "CLIP-style contrastive image-text model"
-    origin = (
-        "converted from an existing checkpoint"
-        if conversion
-        else "trained with hfmm"
-        if training_run or recipe
-        else "saved with hfmm"
-    )
+    origin = _origin(conversion, trained=bool(training_run or recipe))
     return ModelCard.from_template(
         card_data,
         template_path=str(model_cards_dir() / ("neva.md" if neva else "clip.md")),
@@ -347,47 +338,6 @@ def write_card(model_dir: str | Path, **kwargs) -> Path:
     return path
 
 
-def record_training_run(
-    trainer, output_dir: str | Path, datasets: list[str] | None = None, recipe: str | Path | None = None
-) -> Path | None:
-    """Writes `training_run.json` (steps, epochs, hardware, datasets, hyperparameters) and a copy of the recipe YAML
-    (`recipe.yaml`) next to a trained model, for its card. Only the main process writes."""
-    if not trainer.is_world_process_zero():
-        return None
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    if recipe is not None:
-        shutil.copyfile(recipe, Path(output_dir) / RECIPE_FILE)
-    import torch
-
-    args = trainer.args
-    device = torch.cuda.get_device_name(0) if args.device.type == "cuda" else args.device.type.upper()
-    record = {
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "hardware": {"device": device, "processes": args.world_size},
-        "datasets": [str(name) for name in datasets or []],
-        "recipe": Path(recipe).name if recipe is not None else None,  # names the model on its card
-        "hyperparameters": {
-            "learning_rate": args.learning_rate,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "num_train_epochs": args.num_train_epochs,
-            "max_steps": args.max_steps,
-            "warmup_steps": args.warmup_steps,
-            "weight_decay": args.weight_decay,
-            "adam_beta2": args.adam_beta2,
-            "max_grad_norm": args.max_grad_norm,
-            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-            "optim": str(getattr(args.optim, "value", args.optim)),
-            "seed": args.seed,
-        },
-    }
-    path = Path(output_dir) / TRAINING_RUN_FILE
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
-
-
 def trainer_model_card(trainer, *, license=None, finetuned_from=None, dataset_tags=None, **_) -> Path | None:
     """The card `Trainer.push_to_hub` uploads, rendered by hfmm (called from the trainers' `create_model_card`, with
     its keywords): the run is recorded first if the recipe has not done so."""
@@ -400,119 +350,3 @@ def trainer_model_card(trainer, *, license=None, finetuned_from=None, dataset_ta
     return write_card(
         output, repo_id=trainer.hub_model_id, license=license, base_model=finetuned_from, datasets=tags or None
     )
-
-
-# ----------------------------------------------------------------------------------------------------- push
-
-
-def upload_plan(model_dir: str | Path) -> list[str]:
-    """The files (relative, POSIX) a push commits from `model_dir`: everything but checkpoints and trainer state."""
-    folder = Path(model_dir)
-    if not (folder / "config.json").is_file():
-        raise CardError(f"{folder}: not a saved model folder (no config.json).")
-    plan = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        local_only = relative.name.startswith(LOCAL_ONLY) or any(
-            part.startswith(LOCAL_ONLY_DIRS) for part in relative.parts[:-1]
-        )
-        if path.is_file() and not path.is_symlink() and not local_only:
-            plan.append(relative.as_posix())
-    return plan
-
-
-@dataclasses.dataclass
-class PushResult:
-    """What `push` sent (or, in a dry run, would send): the files and, after a real push, the commit URL."""
-
-    files: list[str]
-    commit_url: str | None = None
-
-
-def _stage(model_dir: Path, fmt: str, card_kwargs: dict, workdir: Path) -> tuple[Path, dict[str, bytes]]:
-    """The folder whose files are committed (the model folder, or its native transformers export) and the files
-    made for the commit (the card, when the folder has none; the user's folder is never written to)."""
-    if fmt == "hfmm":
-        folder = model_dir
-    elif fmt == "transformers":
-        from hfmm.conversion.transformers.export import export_native
-
-        try:
-            export_native(model_dir, workdir / "native")
-        except ValueError as error:
-            raise CardError(f"{model_dir} has no native transformers form: {error}") from error
-        folder = workdir / "native"
-        card_kwargs = {**card_kwargs, "native": True}
-    else:
-        raise ValueError(f"format must be 'hfmm' or 'transformers', got {fmt!r}.")
-    made = {}
-    if not (folder / "README.md").is_file():
-        made["README.md"] = str(render_card(model_dir, **card_kwargs)).encode()
-    return folder, made
-
-
-def push(
-    model_dir: str | Path,
-    repo_id: str,
-    *,
-    private: bool = False,
-    fmt: str = "hfmm",
-    dry_run: bool = False,
-    token: str | None = None,
-    commit_message: str | None = None,
-    **card_kwargs,
-) -> PushResult:
-    """
-    Uploads a saved model folder to the Hub as one commit (or, with `dry_run`, only lists what it would upload).
-
-    A folder without `README.md` gets its card rendered (`render_card(model_dir, repo_id=repo_id, **card_kwargs)`)
-    so the Hub never shows a generic one. `fmt="transformers"` uploads the native transformers export instead.
-
-    Raises:
-        `PushError`: no token, no network, or a repository the token cannot write; nothing was committed.
-    """
-    model_dir = Path(model_dir)
-    with tempfile.TemporaryDirectory(prefix="hfmm-push-") as workdir:
-        folder, made = _stage(model_dir, fmt, {"repo_id": repo_id, **card_kwargs}, Path(workdir))
-        files = sorted(set(upload_plan(folder)) | set(made))
-        if dry_run:
-            return PushResult(files)
-        token = token or get_token()
-        if token is None:
-            raise PushError(_failure(repo_id, NO_TOKEN))
-        operations = [
-            CommitOperationAdd(path_in_repo=name, path_or_fileobj=made[name] if name in made else str(folder / name))
-            for name in files
-        ]
-        api = HfApi(token=token)
-        try:
-            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            info = api.create_commit(
-                repo_id, operations, commit_message=commit_message or f"Upload {model_dir.name} with hfmm"
-            )
-        # The Hub's HTTP answers and transport failures (huggingface_hub's HTTPError is its HTTP client's base
-        # class) and OS-level ones (offline mode, missing token, sockets); anything else is a bug and propagates.
-        except (HubHTTPError, OSError) as error:
-            raise PushError(_failure(repo_id, _reason(error, repo_id))) from error
-    return PushResult(files, info.commit_url)
-
-
-def _failure(repo_id: str, reason: str) -> str:
-    return f"push to {repo_id} failed, nothing was uploaded: {reason}."
-
-
-def _reason(error: Exception, repo_id: str) -> str:
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
-
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if isinstance(error, LocalTokenNotFoundError) or status == 401:
-        reason = NO_TOKEN
-    elif isinstance(error, OfflineModeIsEnabled):
-        reason = "offline mode is on (HF_HUB_OFFLINE=1)"
-    elif status == 403:
-        reason = f"the token cannot write to {repo_id}"
-    elif isinstance(error, HfHubHTTPError):
-        reason = f"the Hub answered {status}: {' '.join(str(error).split())[:300]}"
-    else:
-        reason = f"the Hub cannot be reached ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
-    return reason

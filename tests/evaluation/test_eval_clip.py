@@ -1,103 +1,24 @@
-"""hfmm.evaluation: zero-shot classification, retrieval, the eval JSON, `hfmm eval`, the Trainer callback."""
-
-import csv
-import json
-from pathlib import Path
+"""hfmm.evaluation.clip: zero-shot classification and retrieval, exact on a model with known embeddings and equal to
+brute-force references (OpenCLIP's zero-shot recipe, CLIP_benchmark's recalls) on a real tiny CLIP."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_clip_config
+from colour_oracle import PRIMARIES, ColourOracle, caption_csv, colour_folder, tiny_clip, tiny_processor
 from PIL import Image
-from torch import nn
-from transformers import Trainer, TrainingArguments
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from hfmm import HfmmCLIPModel
-from hfmm.cli import main as cli
-from hfmm.evaluation import (
-    ZeroShotEvalCallback,
-    image_text_retrieval,
-    retrieval_recall,
-    run_eval,
-    topk_accuracy,
-    zero_shot_classification,
-)
-from hfmm.models.clip.processing_clip import HfmmCLIPProcessor
-
-PRIMARIES = {
-    "red": (1, 0, 0),
-    "green": (0, 1, 0),
-    "blue": (0, 0, 1),
-    "yellow": (1, 1, 0),
-    "cyan": (0, 1, 1),
-    "magenta": (1, 0, 1),
-}
+from hfmm.evaluation import image_text_retrieval, retrieval_recall, topk_accuracy, zero_shot_classification
+from hfmm.evaluation.clip import fill_template
 
 
 @pytest.fixture(scope="module")
 def processor():
-    return HfmmCLIPProcessor.from_vision_config(tiny_clip_config().vision_config)
+    return tiny_processor()
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    return HfmmCLIPModel(tiny_clip_config()).eval()
-
-
-class ColourOracle(nn.Module):
-    """
-    A stand-in CLIP whose embeddings are known: an image embeds as its mean RGB in [0, 1], a text as the RGB of the
-    colour word it contains. Zero-shot and retrieval answers are then known exactly.
-    """
-
-    def __init__(self, processor):
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))  # device and dtype
-        self.mean = torch.tensor(processor.image_processor.image_mean)[None, :, None, None]
-        self.std = torch.tensor(processor.image_processor.image_std)[None, :, None, None]
-        self.words = [
-            (processor.tokenizer(name, add_special_tokens=False)["input_ids"], torch.tensor(rgb, dtype=torch.float32))
-            for name, rgb in PRIMARIES.items()
-        ]
-
-    def get_image_features(self, pixel_values):
-        rgb = (pixel_values * self.std + self.mean).mean(dim=(2, 3))  # (B, 3)
-        return BaseModelOutputWithPooling(pooler_output=rgb)
-
-    def get_text_features(self, input_ids, **kwargs):
-        rows = [
-            sum((rgb for word, rgb in self.words if contains(ids.tolist(), word)), torch.zeros(3)) for ids in input_ids
-        ]
-        return BaseModelOutputWithPooling(pooler_output=torch.stack(rows))
-
-
-def contains(ids: list[int], word: list[int]) -> bool:
-    return any(ids[i : i + len(word)] == word for i in range(len(ids) - len(word) + 1))
-
-
-def colour_folder(root: Path, colours: dict[str, list[str]]) -> Path:
-    """root/<class>/<i>.png, each image a flat colour (by name) — a class folder may hold another colour's image."""
-    for label, names in colours.items():
-        (root / label).mkdir(parents=True)
-        for i, name in enumerate(names):
-            Image.new("RGB", (36, 30), tuple(255 * c for c in PRIMARIES[name])).save(root / label / f"{i}.png")
-    return root
-
-
-def caption_csv(root: Path, pairs: list[tuple[str, str]]) -> Path:
-    """Flat-colour images named by colour, and an image,caption CSV (an image may appear on several rows)."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    with open(root / "captions.csv", "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["image", "caption"])
-        for colour, text in pairs:
-            Image.new("RGB", (30, 30), tuple(255 * c for c in PRIMARIES[colour])).save(
-                root / "images" / f"{colour}.png"
-            )
-            writer.writerow([f"images/{colour}.png", text])
-    return root / "captions.csv"
+    return tiny_clip()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -257,90 +178,8 @@ def test_clear_errors(tmp_path, processor):
         image_text_retrieval(oracle, processor, path, caption_column="text")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# JSON, CLI, callback
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory, tiny_model, processor):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def check_schema(report: dict, model: str):
-    assert report.keys() == {"model", "results"} and report["model"] == model
-    zero_shot, retrieval = report["results"]
-    assert zero_shot.keys() == retrieval.keys() == {"task", "dataset", "metrics"}
-    assert zero_shot["task"] == "zero-shot-image-classification" and retrieval["task"] == "image-text-retrieval"
-    assert zero_shot["dataset"] == {"name": "eval", "split": "test"}
-    assert retrieval["dataset"] == {"name": "captions", "split": "test"}
-    assert set(zero_shot["metrics"]) == {"top1", "top5"}
-    assert set(retrieval["metrics"]) == {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
-    for result in report["results"]:
-        assert all(isinstance(v, float) and 0 <= v <= 1 for v in result["metrics"].values())
-
-
-def eval_data(tmp_path: Path) -> tuple[Path, Path]:
-    folder = colour_folder(tmp_path / "eval" / "test", {n: [n] for n in PRIMARIES})
-    return folder, caption_csv(tmp_path / "c", [("red", "red"), ("blue", "blue"), ("blue", "sky")])
-
-
-def test_run_eval_writes_the_json_schema(tmp_path, saved_model):
-    folder, captions = eval_data(tmp_path)
-    out = tmp_path / "reports" / "eval.json"
-    report = run_eval(saved_model, [("zero-shot", folder), ("retrieval", captions)], out, progress=False)
-    check_schema(report, str(saved_model))
-    assert json.loads(out.read_text()) == report
-    with pytest.raises(ValueError, match="Unknown task"):
-        run_eval(saved_model, [("captioning", folder)])
-
-
-def test_hfmm_eval_cli(tmp_path, saved_model, capsys):
-    folder, captions = eval_data(tmp_path)
-    out = tmp_path / "eval.json"
-    args = ["eval", "--model", str(saved_model), "--task", "zero-shot", "--data", str(folder)]
-    args += [
-        "--template",
-        "a photo of a {}.",
-        "--template",
-        "a {} thing",
-        "--task",
-        "retrieval",
-        "--data",
-        str(captions),
-    ]
-    assert cli([*args, "--out", str(out), "--batch-size", "3"]) == 0
-    check_schema(json.loads(out.read_text()), str(saved_model))
-    assert "zero-shot-image-classification on eval/test: top1" in capsys.readouterr().out
-    assert cli(["eval", "--model", str(saved_model), "--task", "zero-shot"]) == 2
-    assert "one --data per --task" in capsys.readouterr().err
-
-
-def test_callback_adds_zero_shot_metrics_to_trainer_evaluate(tmp_path, processor, tiny_model):
-    from hfmm.training.arguments import CLIPDataArguments
-    from hfmm.training.clip.data import CLIPCollator, build_eval_dataset
-
-    folder = colour_folder(tmp_path / "zs", {n: [n] for n in ("red", "green", "blue")})
-    pairs = caption_csv(tmp_path / "pairs", [(c, f"a {c} picture") for c in ("red", "green", "blue", "cyan")])
-    callback = ZeroShotEvalCallback(processor, folder, ["a photo of a {}."], batch_size=2)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to=[],
-        per_device_eval_batch_size=2,  # 4 pairs: two evaluation steps
-        remove_unused_columns=False,
-        disable_tqdm=True,
-    )
-    eval_dataset = build_eval_dataset(CLIPDataArguments(eval_data=str(pairs)), processor)
-    trainer = Trainer(
-        model=tiny_model, args=args, eval_dataset=eval_dataset, data_collator=CLIPCollator(), callbacks=[callback]
-    )
-    metrics = trainer.evaluate()
-    expected = zero_shot_classification(tiny_model.eval(), processor, folder, progress=False)["metrics"]
-    assert metrics["eval_zero_shot_top1"] == pytest.approx(expected["top1"])
-    assert "eval_zero_shot_top5" not in metrics  # 3 classes
-    assert trainer.state.log_history[-1]["eval_zero_shot_top1"] == metrics["eval_zero_shot_top1"]
-    assert "eval_runtime" in trainer.state.log_history[-1]  # merged into the evaluation's own log entry
+def test_templates_take_the_class_name_in_either_slot():
+    assert fill_template("a photo of a {}.", "red fox") == "a photo of a red fox."
+    assert fill_template("itap of a {c}", "dog") == "itap of a dog"
+    with pytest.raises(ValueError, match="must contain"):
+        fill_template("a photo", "dog")
