@@ -26,15 +26,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "convert" / "open_clip_to_hfmm.py"
 BASELINE = "import torch, hfmm"
-# The child times the conversion itself (`main`), apart from interpreter start-up and imports.
+# The child times the conversion itself (`main`, what `convert/open_clip_to_hfmm.py` runs), apart from interpreter
+# start-up and imports (the converter's own included: the command imports it when run).
 CHILD = """
 import json, sys, time
 start = time.perf_counter()
 import torch, hfmm
-sys.path.insert(0, {convert_dir!r})
-import open_clip_to_hfmm
+import hfmm.conversion.open_clip.checkpoint
+from hfmm.conversion.commands import open_clip_to_hfmm
 imported = time.perf_counter()
 code = open_clip_to_hfmm.main({argv!r})
 done = time.perf_counter()
@@ -79,7 +79,7 @@ def measure(folder: Path, rounds: int) -> dict:
     weights = folder / "open_clip_model.safetensors"
     dst = folder.parent / "converted"
     argv = [str(folder), str(dst), "--no-verify", "--force"]
-    child = CHILD.format(convert_dir=str(SCRIPT.parent), argv=argv)
+    child = CHILD.format(argv=argv)
     rows = {"baseline_rss": [], "peak_rss": [], "copy_s": [], "convert_s": [], "child_s": [], "imports_s": []}
     for _ in range(rounds):
         start = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 import open_clip
 from open_clip.pretrained import get_pretrained_cfg
 
-from hfmm.conversion.open_clip import config_from_open_clip
+from hfmm.conversion.open_clip.mapping import config_from_open_clip
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "src" / "hfmm" / "models" / "clip" / "presets"
 

@@ -7,8 +7,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel
 
-from hfmm.conversion.common.readers import write_model_folder
-from hfmm.conversion.common.writer import check_destination
+from hfmm.conversion.common.writer import check_destination, write_model_folder
 
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "auto_map"}
 

@@ -1,6 +1,7 @@
 """The safe readers under every converter: archives checked before extraction, pickles without code, lazy tensors."""
 
 import io
+import json
 import math
 import tarfile
 from pathlib import Path
@@ -14,6 +15,8 @@ from hfmm.conversion.common.readers import (
     CheckpointError,
     SafetensorsStateDict,
     load_torch_file,
+    read_json,
+    read_model_folder,
     read_state_dict,
     safe_extract_tar,
     unwrap_state_dict,
@@ -136,3 +139,58 @@ def test_key_map_names_unknown_keys_and_inverts_templates():
     assert key_map.source_key("trunk.stages.0.norm.weight") == "tower.stages.0.norm.weight"
     with pytest.raises(CheckpointError, match="unknown Toy key 'blocks.x.w'"):
         key_map.map_key("blocks.x.w")
+
+
+def test_key_map_convert_checks_against_the_model_when_asked():
+    key_map = KeyMap({r"fused": (("a", "b"), lambda t: tuple(t.chunk(2))), r"drop": None}, source="Toy")
+    fused = torch.arange(4.0)
+    converted = key_map.convert({"fused": fused, "drop": torch.ones(1)})
+    assert sorted(converted) == ["a", "b"] and torch.equal(converted["b"], fused[2:])
+    with pytest.raises(CheckpointError, match="lacks 1 weight"):
+        key_map.convert({"fused": fused}, expected={"a": (2,), "b": (2,), "c": (1,)})
+    with pytest.raises(CheckpointError, match="shape mismatch: Toy key 'fused'"):
+        key_map.convert({"fused": fused}, expected={"a": (3,), "b": (2,)})
+    with pytest.raises(CheckpointError, match="unknown Toy key 'other'"):
+        key_map.convert({"other": fused})
+
+
+def save_sharded(folder: Path, tensors: dict, suffix: str) -> None:
+    """Two shards and their index, as `save_pretrained` writes them (`suffix`: "safetensors" or "bin")."""
+    index_name = "model.safetensors.index.json" if suffix == "safetensors" else "pytorch_model.bin.index.json"
+    stem = "model" if suffix == "safetensors" else "pytorch_model"
+    weight_map = {}
+    for i, key in enumerate(sorted(tensors)):
+        name = f"{stem}-0000{i + 1}-of-00002.{suffix}"
+        (save_file if suffix == "safetensors" else torch.save)({key: tensors[key]}, folder / name)
+        weight_map[key] = name
+    (folder / index_name).write_text(json.dumps({"weight_map": weight_map}))
+
+
+@pytest.mark.parametrize("form", ["model.safetensors", "sharded safetensors", "pytorch_model.bin", "sharded bin"])
+def test_read_model_folder_reads_every_form_transformers_writes(tmp_path, form):
+    tensors = {"a": torch.randn(3, 2), "b": torch.arange(4.0)}
+    if form == "model.safetensors":
+        save_file(tensors, tmp_path / form)
+    elif form == "pytorch_model.bin":
+        torch.save(tensors, tmp_path / form)
+    else:
+        save_sharded(tmp_path, tensors, "safetensors" if "safetensors" in form else "bin")
+    state_dict = read_model_folder(tmp_path)
+    assert sorted(state_dict) == ["a", "b"]
+    assert all(torch.equal(state_dict[key], tensors[key]) for key in tensors)
+
+
+def test_read_model_folder_fallback_and_refusal(tmp_path):
+    torch.save({"model.mm_projector.0.weight": torch.ones(2, 2)}, tmp_path / "mm_projector.bin")
+    with pytest.raises(CheckpointError, match="no weights; expected one of model.safetensors, pytorch_model.bin"):
+        read_model_folder(tmp_path)
+    assert list(read_model_folder(tmp_path, fallback=("mm_projector.bin",))) == ["model.mm_projector.0.weight"]
+
+
+def test_read_json_and_backend_choices_name_the_problem(tmp_path):
+    (tmp_path / "broken.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match="broken.json: not a readable JSON file"):
+        read_json(tmp_path / "broken.json")
+    save_file({"a": torch.ones(1)}, tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="backend='mmap2': choose 'mmap' or 'pread'"):
+        SafetensorsStateDict([tmp_path / "w.safetensors"], backend="mmap2")

@@ -1,6 +1,5 @@
 """NeMo CLIP config -> hfmm config: NeMo's activation rules, refused settings, the tokenizer and the vocabulary padding."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,10 @@ from nemo_tiny import TINY_CFG, tiny_legacy_state_dict, tiny_open_clip, write_ti
 from transformers import AutoModel, AutoTokenizer
 
 import hfmm  # noqa: F401  (registers the Auto classes)
+from hfmm.conversion.commands import nemo_clip_to_hfmm
 from hfmm.conversion.common.readers import CheckpointError
 from hfmm.conversion.nemo.clip_mapping import config_from_nemo2, legacy_activation, mcore_activation, nemo1_activation
 from hfmm.models.clip.processing_clip import HfmmCLIPTokenizer
-
-SCRIPT = Path(__file__).resolve().parents[3] / "convert" / "nemo_clip_to_hfmm.py"
-spec = importlib.util.spec_from_file_location("nemo_clip_to_hfmm", SCRIPT)
-nemo_clip_to_hfmm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nemo_clip_to_hfmm)
 
 
 @pytest.mark.parametrize(

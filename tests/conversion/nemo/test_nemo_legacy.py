@@ -5,7 +5,6 @@ The `.nemo` files are written the way NeMo's own `convert_external_clip_to_nemo.
 nothing here relies on hfmm's reading of the layouts; open_clip computes every reference embedding.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,7 @@ from reference_models import open_clip_model
 from transformers import AutoModel, AutoProcessor
 
 import hfmm  # noqa: F401  (registers the Auto classes)
-
-SCRIPT = Path(__file__).resolve().parents[3] / "convert" / "nemo_clip_to_hfmm.py"
-spec = importlib.util.spec_from_file_location("nemo_clip_to_hfmm", SCRIPT)
-nemo_clip_to_hfmm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nemo_clip_to_hfmm)
+from hfmm.conversion.commands import nemo_clip_to_hfmm
 
 ARCH = "ViT-S-32"  # 6 heads, widths 384: the real head layout with a small vocabulary-dominated size
 TEXTS = ["a photo of a cat", "a diagram of a rocket engine, drawn in ink", "x" * 200]

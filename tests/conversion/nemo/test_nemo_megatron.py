@@ -22,14 +22,11 @@ from nemo_fixtures import hf_clip_tokenizer_files, pack_nemo
 from transformers import AutoModel, AutoTokenizer
 
 import hfmm  # noqa: F401  (registers the Auto classes)
-from hfmm.conversion.nemo.clip_mapping import split_qkv
+from hfmm.conversion.commands import nemo_clip_to_hfmm
+from hfmm.conversion.nemo.megatron import split_qkv
 from hfmm.models.clip.processing_clip import HfmmCLIPTokenizer
 
 HERE = Path(__file__).resolve().parent
-SCRIPT = HERE.parents[2] / "convert" / "nemo_clip_to_hfmm.py"
-spec = importlib.util.spec_from_file_location("nemo_clip_to_hfmm", SCRIPT)
-nemo_clip_to_hfmm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nemo_clip_to_hfmm)
 
 TOLERANCE = 1e-5
 CASES = [  # variant, source form
@@ -201,8 +198,10 @@ def test_distributed_checkpoint_read_without_megatron(megatron_checkpoints, tmp_
     (weights / ".metadata").write_bytes(pickle.dumps(legacy))
     monkeypatch.delitem(sys.modules, module.__name__)
     dst = tmp_path / "hfmm"
-    code = f"import sys; sys.modules['megatron'] = None; sys.argv = ['x', {str(folder)!r}, {str(dst)!r}]; " + (
-        f"exec(compile(open({str(SCRIPT)!r}).read(), 'script', 'exec'))"
+    code = (
+        "import sys; sys.modules['megatron'] = None; "
+        "from hfmm.conversion.commands.nemo_clip_to_hfmm import main; "
+        f"sys.exit(main([{str(folder)!r}, {str(dst)!r}]))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]

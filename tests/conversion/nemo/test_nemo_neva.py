@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from hfmm import NevaForConditionalGeneration
 from hfmm.conversion.common.readers import CheckpointError
-from hfmm.conversion.nemo.gpt import split_gqa_qkv
+from hfmm.conversion.nemo.megatron import split_gqa_qkv
 from hfmm.conversion.nemo.neva import convert_nemo_neva_checkpoint
 
 HERE = Path(__file__).resolve().parent

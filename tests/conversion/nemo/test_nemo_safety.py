@@ -1,7 +1,6 @@
 """Malicious and broken NeMo inputs: each is a one-line error naming the problem; nothing is written outside a temporary
 folder and no DST appears."""
 
-import importlib.util
 import io
 import json
 import pickle
@@ -13,10 +12,7 @@ import torch
 from nemo_fixtures import pack_nemo
 from nemo_tiny import tiny_legacy_state_dict, write_tiny_nemo
 
-SCRIPT = Path(__file__).resolve().parents[3] / "convert" / "nemo_clip_to_hfmm.py"
-spec = importlib.util.spec_from_file_location("nemo_clip_to_hfmm", SCRIPT)
-nemo_clip_to_hfmm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nemo_clip_to_hfmm)
+from hfmm.conversion.commands import nemo_clip_to_hfmm
 
 
 class WritesAFile:

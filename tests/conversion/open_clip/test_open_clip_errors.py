@@ -1,7 +1,6 @@
 """`convert/open_clip_to_hfmm.py` on malicious, broken or ambiguous input: one line naming the problem, exit code 1,
 nothing written (no DST, no temporary folder), no code run."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,12 +10,8 @@ import torch
 from reference_models import open_clip_model
 from safetensors.torch import save_file
 
+from hfmm.conversion.commands import open_clip_to_hfmm
 from hfmm.conversion.open_clip.mapping import OPEN_CLIP_KEYS, convert_open_clip_state_dict
-
-SCRIPT = Path(__file__).resolve().parents[3] / "convert" / "open_clip_to_hfmm.py"
-spec = importlib.util.spec_from_file_location("open_clip_to_hfmm", SCRIPT)
-open_clip_to_hfmm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(open_clip_to_hfmm)
 
 ARCHITECTURE = "ViT-B-32-hfmm-errors"
 

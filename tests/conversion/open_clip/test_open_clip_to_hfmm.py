@@ -1,7 +1,6 @@
 """`convert/open_clip_to_hfmm.py`: every preset architecture, every source form, embeddings equal to open_clip's."""
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,12 +14,8 @@ from skimage import data
 from transformers import AutoModel, pipeline
 
 import hfmm
+from hfmm.conversion.commands import open_clip_to_hfmm
 from hfmm.conversion.open_clip.checkpoint import convert_open_clip_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[3] / "convert" / "open_clip_to_hfmm.py"
-spec = importlib.util.spec_from_file_location("open_clip_to_hfmm", SCRIPT)
-open_clip_to_hfmm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(open_clip_to_hfmm)
 
 TEXTS = ["a photo of a cat", "Ünïcödé &amp; emoji 🐈 " * 3, "x" * 400]
 LABELS = ["an astronaut", "a cat", "a cup of coffee", "a rocket"]

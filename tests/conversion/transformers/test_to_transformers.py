@@ -1,21 +1,14 @@
 """`convert/to_transformers.py`: a native `CLIPModel` checkpoint that matches hfmm, or a refusal naming why."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import tiny_clip_config
 from transformers import CLIPModel, CLIPTokenizer
 
 from hfmm import HfmmCLIPConfig, HfmmCLIPModel
+from hfmm.conversion.commands import to_transformers
 from hfmm.conversion.transformers.clip_mapping import to_transformers_model, unsupported_features
 from hfmm.models.clip.processing_clip import HfmmCLIPProcessor
-
-SCRIPT = Path(__file__).resolve().parents[3] / "convert" / "to_transformers.py"
-spec = importlib.util.spec_from_file_location("to_transformers", SCRIPT)
-to_transformers = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(to_transformers)
 
 
 def save(model, path):

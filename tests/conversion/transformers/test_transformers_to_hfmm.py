@@ -1,7 +1,6 @@
 """`convert/transformers_to_hfmm.py`: transformers `CLIPModel` folders into hfmm, exactly; the round trip through
 `to_transformers.py` gives back bit-identical weights."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,20 +11,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel, CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
 from hfmm import HfmmCLIPModel
+from hfmm.conversion.commands import to_transformers, transformers_to_hfmm
 from hfmm.models.clip.processing_clip import HfmmCLIPProcessor, HfmmCLIPTokenizer
-
-CONVERT = Path(__file__).resolve().parents[3] / "convert"
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, CONVERT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-transformers_to_hfmm = load_script("transformers_to_hfmm")
-to_transformers = load_script("to_transformers")
 
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 

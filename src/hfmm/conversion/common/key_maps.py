@@ -142,6 +142,45 @@ class KeyMap:
         source = self.source_key(target)
         return f"{self.source} key {source!r} (hfmm {target!r})" if source else f"hfmm key {target!r}"
 
+    def convert(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        *,
+        expected: Mapping[str, torch.Size] | None = None,
+        progress: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """
+        Every tensor of `state_dict` under its target name(s), transformed; keys dropped on purpose are left out and
+        unknown keys raise `CheckpointError`. Tensors are read one at a time, so a lazy `state_dict` is read once.
+
+        Args:
+            state_dict (`Mapping[str, torch.Tensor]`):
+                Source tensors.
+            expected (`Mapping[str, torch.Size]`, *optional*):
+                The target model's keys and shapes: every target must be one of them and every one of them must be
+                produced, with its shape (checked before any tensor is read, shapes as they are read). Unchecked
+                when `None`, for parts of a model that [`build_model`] checks once assembled.
+            progress (`bool`, *optional*, defaults to `False`):
+                Show a progress bar over the tensors.
+        """
+        plan = self.plan(state_dict.keys())
+        if expected is not None:
+            _check_keys(plan, expected, self)
+        tensors = {}
+        for key, (targets, fn) in tqdm(plan.items(), desc="converting", unit="tensor", disable=not progress):
+            source = state_dict[key]
+            values = fn(source)
+            values = values if isinstance(values, tuple) else (values,)
+            for target, value in zip(targets, values, strict=True):
+                if expected is not None and value.shape != expected[target]:
+                    raise CheckpointError(
+                        f"shape mismatch: {self.source} key {key!r} has shape {list(source.shape)}, but the model's "
+                        f"{target!r} needs {list(expected[target])} (does the checkpoint match the model config?)."
+                    )
+                tensors[target] = value
+            del source, values  # a transformed source is freed as soon as its copies exist
+        return tensors
+
 
 def _check_keys(plan: Mapping, expected: Mapping[str, torch.Size], key_map: KeyMap) -> None:
     produced = {}  # target -> source key
@@ -163,25 +202,6 @@ def _check_keys(plan: Mapping, expected: Mapping[str, torch.Size], key_map: KeyM
             f"the checkpoint lacks {len(missing)} weight(s) the model needs, first {key_map.describe_missing(missing[0])}"
             " (does the checkpoint match the model config?)."
         )
-
-
-def _convert_tensors(
-    state_dict: Mapping[str, torch.Tensor], plan: Mapping, expected: Mapping, key_map: KeyMap, progress: bool
-) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for key, (targets, fn) in tqdm(plan.items(), desc="converting", unit="tensor", disable=not progress):
-        source = state_dict[key]
-        values = fn(source)
-        values = values if isinstance(values, tuple) else (values,)
-        for target, value in zip(targets, values, strict=True):
-            if value.shape != expected[target]:
-                raise CheckpointError(
-                    f"shape mismatch: {key_map.source} key {key!r} has shape {list(source.shape)}, but the model's "
-                    f"{target!r} needs {list(expected[target])} (does the checkpoint match the model config?)."
-                )
-            tensors[target] = value
-        del source, values  # a transformed source is freed as soon as its copies exist
-    return tensors
 
 
 def build_model(
@@ -215,8 +235,6 @@ def build_model(
     with init_empty_weights(include_buffers=False), no_init_weights():
         model = model_cls(config)
     expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
-    plan = key_map.plan(state_dict.keys())
-    _check_keys(plan, expected, key_map)
-    tensors = _convert_tensors(state_dict, plan, expected, key_map, progress)
+    tensors = key_map.convert(state_dict, expected=expected, progress=progress)
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval()

@@ -1,4 +1,4 @@
-"""Safe, lazy readers for the checkpoint files the converters take, and the writer of hfmm model folders.
+"""Safe, lazy readers for the checkpoint files the converters take.
 
 Pickles are read only with `weights_only=True` (a pickle that needs code is refused); archives are extracted only
 after every member has been checked (no absolute paths, no `..`, no links or devices).
@@ -10,18 +10,26 @@ import tarfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
-
-from hfmm.conversion.common.writer import atomic_output_dir, write_provenance
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or converted; the message names the file and the problem."""
 
 
-# --- processor files ---------------------------------------------------------------------------------------------
+# --- configs and processor files -------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict:
+    """The parsed JSON file at `path`; `CheckpointError` naming the file when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not a readable JSON file ({error}).") from error
+
 
 IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
@@ -37,10 +45,7 @@ def image_processor_file(folder: Path) -> tuple[Path, dict] | None:
         path = Path(folder) / name
         if not path.is_file():
             continue
-        try:
-            settings = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{path}: not a readable JSON file ({error}).") from error
+        settings = read_json(path)
         settings = settings.get("image_processor", settings) if name == "processor_config.json" else settings
         if isinstance(settings, dict) and "image_processor_type" in settings:
             return path, settings
@@ -59,7 +64,9 @@ class SafetensorsStateDict(Mapping):
     otherwise stay resident beside the copies).
     """
 
-    def __init__(self, paths: list[Path], *, backend: str = "mmap"):
+    def __init__(self, paths: list[Path], *, backend: Literal["mmap", "pread"] = "mmap"):
+        if backend not in ("mmap", "pread"):
+            raise ValueError(f"backend={backend!r}: choose 'mmap' or 'pread'.")
         self._files = {}
         self._where = {}
         for path in paths:
@@ -122,13 +129,52 @@ def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torc
 
 
 def read_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
-    """Reads `.safetensors` lazily, or `.bin`/`.pt`/`.pth`/`.ckpt` pickles safely, into a state dict."""
+    """Reads `.safetensors`, or `.bin`/`.pt`/`.pth`/`.ckpt` pickles safely, into a state dict, memory-mapped (nothing
+    is read until a tensor is used)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file.")
     if path.suffix == ".safetensors":
         return SafetensorsStateDict([path])
     return unwrap_state_dict(load_torch_file(path), str(path))
+
+
+def _shards(folder: Path, index_name: str) -> list[Path]:
+    weight_map = read_json(folder / index_name).get("weight_map") or {}
+    return [folder / name for name in sorted(set(weight_map.values()))]
+
+
+def read_model_folder(folder: Path, *, fallback: tuple[str, ...] = ()) -> Mapping[str, torch.Tensor]:
+    """
+    The tensors of a transformers-style model folder, memory-mapped (nothing is read until a tensor is used).
+
+    The first form found is read: `model.safetensors`, the shards of `model.safetensors.index.json`,
+    `pytorch_model.bin`, the shards of `pytorch_model.bin.index.json`, then the files of `fallback` in order (pickles
+    are read with `weights_only=True`).
+
+    Args:
+        folder (`Path`):
+            The model folder.
+        fallback (`tuple[str, ...]`, *optional*, defaults to `()`):
+            Other weight files the source may hold instead, e.g. LLaVA's stage-1 `("mm_projector.bin",)`.
+    """
+    if (folder / "model.safetensors").is_file():
+        return SafetensorsStateDict([folder / "model.safetensors"], backend="mmap")
+    if (folder / "model.safetensors.index.json").is_file():
+        return SafetensorsStateDict(_shards(folder, "model.safetensors.index.json"), backend="mmap")
+    if (folder / "pytorch_model.bin").is_file():
+        paths = [folder / "pytorch_model.bin"]
+    elif (folder / "pytorch_model.bin.index.json").is_file():
+        paths = _shards(folder, "pytorch_model.bin.index.json")
+    else:
+        paths = [path for path in (folder / name for name in fallback) if path.is_file()][:1]
+    if not paths:
+        expected = ", ".join(["model.safetensors", "pytorch_model.bin", *fallback])
+        raise CheckpointError(f"{folder}: no weights; expected one of {expected} (or a sharded index).")
+    state_dict = {}
+    for path in paths:
+        state_dict.update(unwrap_state_dict(load_torch_file(path), str(path)))
+    return state_dict
 
 
 # --- archives ----------------------------------------------------------------------------------------------------
@@ -165,20 +211,3 @@ def safe_extract_tar(path: str | Path, dest: str | Path) -> Path:
     except tarfile.TarError as error:
         raise CheckpointError(f"{path}: not a readable tar archive ({error}).") from error
     return dest
-
-
-# --- writing -----------------------------------------------------------------------------------------------------
-
-
-def write_model_folder(
-    model, dst: str | Path, *, processor=None, force: bool = False, max_shard_size: str = "5GB", provenance=None
-):
-    """Saves `model` (safetensors, sharded above `max_shard_size`) and `processor` into `dst` atomically; a
-    `provenance` dict (`write_provenance`'s keywords) is recorded in `conversion.json`."""
-    with atomic_output_dir(dst, force=force) as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        if provenance is not None:
-            write_provenance(tmp, **provenance)
-    return Path(dst)

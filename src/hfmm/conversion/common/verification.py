@@ -3,39 +3,18 @@ implementation, and the written folder."""
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from hfmm.conversion.common.readers import CheckpointError, write_model_folder
-from hfmm.conversion.common.writer import check_destination  # noqa: F401  (re-exported: the converters import it from here)
+from hfmm.conversion.common.readers import CheckpointError
+from hfmm.conversion.common.writer import write_model_folder
 from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel, HfmmSigLIPConfig, HfmmSigLIPModel
 from hfmm.models.clip.processing_clip import HfmmCLIPImageProcessor, HfmmCLIPProcessor, HfmmCLIPTokenizer
 
 TOLERANCE = 1e-5
 CLIP_VOCAB_SIZE = 49408
 _TEXTS = ["a photo of a cat", "a diagram of a rocket engine, drawn in ink", "Ünïcödé &amp; emoji 🐈 " * 4]
-
-
-@dataclass
-class ConversionResult:
-    """
-    What a conversion wrote and how it was checked.
-
-    Args:
-        dst (`Path`):
-            The written folder.
-        differences (`dict[str, float]`, *optional*):
-            Largest embedding difference against the source implementation, per tower (`"image"`, `"text"`), relative
-            to the largest reference value when that exceeds 1; `None` when verification was skipped.
-        notes (`list[str]`):
-            Decisions worth telling the user (where the activation and preprocessing came from, skipped checks).
-    """
-
-    dst: Path
-    differences: dict[str, float] | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def model_class(config: HfmmCLIPConfig) -> type[HfmmCLIPModel]:

@@ -4,7 +4,6 @@ import contextlib
 import json
 import secrets
 import shutil
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -51,11 +50,6 @@ def atomic_output_dir(dst: str | Path, *, force: bool = False) -> Iterator[Path]
             shutil.rmtree(tmp)
 
 
-def command_line(argv: Sequence[str] | None) -> list[str]:
-    """The arguments a converter script was run with (`sys.argv[1:]` when `argv` is None), for `conversion.json`."""
-    return list(sys.argv[1:] if argv is None else argv)
-
-
 def write_provenance(
     folder: str | Path,
     *,
@@ -83,12 +77,15 @@ def write_provenance(
     return path
 
 
-def run_script(main) -> None:
-    """Runs a converter script's `main` and exits with its status; Ctrl-C exits quietly with 130 (the shell's status
-    for SIGINT). Nothing is left behind either way: outputs appear only when complete (`atomic_output_dir`)."""
-    try:
-        status = main()
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        status = 130
-    sys.exit(status)
+def write_model_folder(
+    model, dst: str | Path, *, processor=None, force: bool = False, max_shard_size: str = "5GB", provenance=None
+) -> Path:
+    """Saves `model` (safetensors, sharded above `max_shard_size`) and `processor` into `dst` atomically; a
+    `provenance` dict (`write_provenance`'s keywords) is recorded in `conversion.json`."""
+    with atomic_output_dir(dst, force=force) as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        if provenance is not None:
+            write_provenance(tmp, **provenance)
+    return Path(dst)

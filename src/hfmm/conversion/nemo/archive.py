@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
@@ -61,10 +62,18 @@ class NemoCheckpoint:
     """
 
     config: dict
-    nemo_version: int
+    nemo_version: Literal[1, 2]
     shards: list[Mapping[str, torch.Tensor]]
     root: Path
     weights: str
+
+
+def target_name(value) -> str:
+    """The last name of what a NeMo 2 config entry names: `gelu` from `{"_target_": "torch.nn.functional.gelu",
+    "_call_": false}` (or from the plain string)."""
+    if isinstance(value, Mapping):
+        value = value.get("_target_", "")
+    return str(value).rsplit(".", 1)[-1]
 
 
 def nemo2_tokenizer_folders(checkpoint: NemoCheckpoint) -> list[Path]:

@@ -1,14 +1,15 @@
 """NeMo CLIP checkpoint -> hfmm model folder: the tokenizer, the model assembled on the meta device, the written folder.
 
-Used by `convert/nemo_clip_to_hfmm.py`; see `nemo_archive` for the readers and `nemo` for the config and key maps.
+Used by `hfmm convert nemo-clip` (`convert/nemo_clip_to_hfmm.py`); see `archive.py` for the readers and
+`clip_mapping.py` for the config and key maps.
 """
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfmm.conversion.common.readers import CheckpointError, write_model_folder
-from hfmm.conversion.common.writer import check_destination
+from hfmm.conversion.common.readers import CheckpointError
+from hfmm.conversion.common.result import ConversionResult
+from hfmm.conversion.common.writer import check_destination, write_model_folder
 from hfmm.conversion.nemo.archive import NemoCheckpoint, nemo2_tokenizer_folders, open_nemo_checkpoint
 from hfmm.conversion.nemo.clip_mapping import assemble_model, config_from_nemo1, config_from_nemo2
 from hfmm.models.clip import HfmmCLIPModel
@@ -16,22 +17,6 @@ from hfmm.models.clip.processing_clip import HfmmCLIPImageProcessor, HfmmCLIPPro
 
 # HF's CLIP vocab.json spells the special tokens differently from OpenCLIP (and hfmm); the ids are the same.
 _HF_SPECIAL_TOKENS = {"<|startoftext|>": "<start_of_text>", "<|endoftext|>": "<end_of_text>"}
-
-
-@dataclass
-class NemoConversion:
-    """
-    What `convert_nemo_clip_checkpoint` wrote.
-
-    Args:
-        dst (`Path`): the written folder.
-        weights (`str`): the weight layout that was read (e.g. `mp_rank_XX/ (TP=2, PP=1)`).
-        notes (`list[str]`): where the tokenizer came from and config values hfmm ignores, as NeMo does.
-    """
-
-    dst: Path
-    weights: str
-    notes: list[str] = field(default_factory=list)
 
 
 def _read_bpe_files(vocab_file: Path, merges_file: Path, source: str) -> HfmmCLIPTokenizer:
@@ -82,7 +67,7 @@ def nemo_tokenizer(checkpoint: NemoCheckpoint) -> tuple[HfmmCLIPTokenizer, str]:
     return HfmmCLIPTokenizer.from_package(), f"tokenizer: hfmm's CLIP BPE ({name or 'none named'} in the config)"
 
 
-def build_model(
+def build_clip(
     checkpoint: NemoCheckpoint, *, progress: bool = False
 ) -> tuple[HfmmCLIPModel, HfmmCLIPProcessor, list[str]]:
     """The hfmm model and processor of an opened NeMo CLIP checkpoint (parameters assigned from the checkpoint's
@@ -119,7 +104,7 @@ def convert_nemo_clip_checkpoint(
     max_shard_size: str = "5GB",
     progress: bool = False,
     arguments: list[str] | None = None,
-) -> NemoConversion:
+) -> ConversionResult:
     """
     Converts a NeMo CLIP checkpoint into an hfmm CLIP folder (`config.json`, `model.safetensors`, tokenizer and
     image processor files).
@@ -147,9 +132,10 @@ def convert_nemo_clip_checkpoint(
     dst = Path(dst)
     check_destination(dst, force)
     with open_nemo_checkpoint(src) as checkpoint:
-        model, processor, notes = build_model(checkpoint, progress=progress)
-        provenance = dict(converter="convert/nemo_clip_to_hfmm.py", source=src, notes=notes, arguments=arguments)
+        model, processor, notes = build_clip(checkpoint, progress=progress)
+        result = ConversionResult(dst, notes, weights=checkpoint.weights)
+        provenance = result.provenance("convert/nemo_clip_to_hfmm.py", src, arguments)
         write_model_folder(
             model, dst, processor=processor, force=force, max_shard_size=max_shard_size, provenance=provenance
         )
-        return NemoConversion(dst, checkpoint.weights, notes)
+        return result

@@ -1,4 +1,4 @@
-"""NeMo CLIP -> hfmm: config mapping, exhaustive templated key maps, fused-QKV layouts and tensor-parallel merging.
+"""NeMo CLIP -> hfmm: config mapping and exhaustive templated key maps (Megatron's layouts: `megatron.py`).
 
 NeMo's `MegatronCLIPModel` comes in two implementations (research/nemo_formats.md §2), told apart by `mcore_gpt`:
 
@@ -14,18 +14,32 @@ that names the key.
 """
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch
 
-from hfmm.conversion.common.key_maps import KeyMap, as_vector, build_model, same
+from hfmm.conversion.common.key_maps import as_vector, build_model, same
 from hfmm.conversion.common.readers import CheckpointError
+from hfmm.conversion.nemo.archive import target_name
+from hfmm.conversion.nemo.megatron import (
+    COLUMN,
+    REPLICATED,
+    ROW,
+    STRIDED_QKV,
+    MegatronRule,
+    TensorParallelShards,
+    split_qkv,
+    split_qkv_per_head,
+    split_rules,
+    trim_vocab_padding,
+)
 from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel
+from hfmm.models.clip.configuration_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+Tower = Literal["vision", "text"]
 
 # --- activation (research/nemo_formats.md §2.5) --------------------------------------------------------------------
 
@@ -33,7 +47,7 @@ _QUICK = ("ApproxGELUActivation", "quick_gelu")
 _TANH = ("openai_gelu", "gelu_impl", "fast_gelu")
 
 
-def mcore_activation(function: str, fusion: bool, tower: str) -> str:
+def mcore_activation(function: str, fusion: bool, tower: Tower) -> str:
     """hfmm's `hidden_act` for a megatron-core MLP with `activation_func` named `function` (NeMo 1:
     `activation_to_func(activation, openai_gelu)`; NeMo 2: the function's name) and `bias_activation_fusion`."""
     if function == "gelu":  # fused, megatron-core's bias_gelu_impl is the tanh approximation
@@ -48,7 +62,7 @@ def mcore_activation(function: str, fusion: bool, tower: str) -> str:
     raise CheckpointError(f"{tower}: activation {function!r} is not supported (gelu, approx-gelu/quick_gelu, openai).")
 
 
-def legacy_activation(activation: str, openai_gelu: bool, fusion: bool, tower: str) -> str:
+def legacy_activation(activation: str, openai_gelu: bool, fusion: bool, tower: Tower) -> str:
     """hfmm's `hidden_act` for NeMo's legacy `ParallelMLP` (`nemo/collections/nlp/modules/common/megatron/mlp.py`)."""
     if fusion:
         if activation == "gelu":  # fused_bias_gelu: the tanh approximation (openai_gelu is the same function)
@@ -64,7 +78,7 @@ def legacy_activation(activation: str, openai_gelu: bool, fusion: bool, tower: s
     return "gelu"
 
 
-def nemo1_activation(tower_cfg: Mapping, mcore: bool, tower: str) -> str:
+def nemo1_activation(tower_cfg: Mapping, mcore: bool, tower: Tower) -> str:
     activation = tower_cfg.get("activation", "gelu")
     if activation not in ("gelu", "approx-gelu"):
         raise CheckpointError(
@@ -102,20 +116,20 @@ class NemoCLIPLayout:
     towers: tuple[str, str] = ("vision_encoder", "text_encoder")  # NeMo 2: ("vision_model", "text_model")
 
 
-def _check(tower: str, name: str, value, allowed) -> None:
+def _check(tower: Tower, name: str, value, allowed) -> None:
     if value not in allowed:
         raise CheckpointError(
             f"{tower}: {name}={value!r} is not supported by hfmm's CLIP (supported: {list(allowed)})."
         )
 
 
-def _require(cfg: Mapping, key: str, tower: str):
+def _require(cfg: Mapping, key: str, tower: Tower):
     if cfg.get(key) is None:
         raise CheckpointError(f"{tower}: the model config has no `{key}`.")
     return cfg[key]
 
 
-def _common_tower(cfg: Mapping, tower: str) -> dict:
+def _common_tower(cfg: Mapping, tower: Tower) -> dict:
     hidden, heads = _require(cfg, "hidden_size", tower), _require(cfg, "num_attention_heads", tower)
     kv_channels = cfg.get("kv_channels")
     if kv_channels not in (None, hidden // heads):
@@ -137,13 +151,13 @@ def _common_tower(cfg: Mapping, tower: str) -> dict:
     }
 
 
-def _image_fields(cfg: Mapping, img_h: int, img_w: int, tower: str) -> dict:
+def _image_fields(cfg: Mapping, img_h: int, img_w: int, tower: Tower) -> dict:
     if img_h != img_w:
         raise CheckpointError(f"{tower}: img_h={img_h} != img_w={img_w}; hfmm's ViT takes square images.")
     return {
         "image_size": img_h,
-        "image_mean": list(cfg.get("image_mean") or OPENAI_MEAN),
-        "image_std": list(cfg.get("image_std") or OPENAI_STD),
+        "image_mean": list(cfg.get("image_mean") or OPENAI_CLIP_MEAN),
+        "image_std": list(cfg.get("image_std") or OPENAI_CLIP_STD),
     }
 
 
@@ -200,13 +214,6 @@ def config_from_nemo1(cfg: Mapping, *, patch_bias: bool) -> tuple[HfmmCLIPConfig
     return _clip_config(vision_config, text_config, projection), layout, notes
 
 
-def _target_name(value) -> str:
-    """`torch.nn.functional.gelu` from NeMo 2's `{"_target_": "torch.nn.functional.gelu", "_call_": false}`."""
-    if isinstance(value, Mapping):
-        value = value.get("_target_", "")
-    return str(value).rsplit(".", 1)[-1]
-
-
 def config_from_nemo2(model_yaml: Mapping) -> tuple[HfmmCLIPConfig, NemoCLIPLayout, list[str]]:
     """hfmm config and key-map layout of a NeMo 2 `context/model.yaml` of `nemo.collections.vlm.CLIPModel`."""
     config = model_yaml.get("config", {})
@@ -220,9 +227,9 @@ def config_from_nemo2(model_yaml: Mapping) -> tuple[HfmmCLIPConfig, NemoCLIPLayo
     if not vision.get("add_class_token", True) or vision.get("class_token_len", 8) < 1:
         raise CheckpointError("vision: a ViT without class token is not supported by hfmm.")
 
-    def activation(cfg: Mapping, tower: str) -> str:
+    def activation(cfg: Mapping, tower: Tower) -> str:
         return mcore_activation(
-            _target_name(cfg.get("activation_func", "gelu")), bool(cfg.get("bias_activation_fusion", False)), tower
+            target_name(cfg.get("activation_func", "gelu")), bool(cfg.get("bias_activation_fusion", False)), tower
         )
 
     for tower, cfg in (("vision", vision), ("text", text)):
@@ -273,77 +280,10 @@ def linear_patch_to_conv(tensor: torch.Tensor, patch_size: int, num_channels: in
     return tensor.reshape(tensor.shape[0], patch_size, patch_size, num_channels).permute(0, 3, 1, 2).contiguous()
 
 
-def split_qkv(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Fused QKV rows `[q; k; v]` (NeMo legacy with `megatron_legacy: True`, after `merge_tp_shards`)."""
-    return tuple(part.contiguous() for part in tensor.chunk(3, dim=0))
-
-
-def split_qkv_per_head(tensor: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, ...]:
-    """Fused QKV rows `[q_0; k_0; v_0; q_1; ...]`, `head_dim` rows each (megatron-core, NeMo without
-    `megatron_legacy`; one query group per head)."""
-    grouped = tensor.reshape(num_heads, 3, -1, *tensor.shape[1:])  # (H, 3, D, ...)
-    return tuple(grouped[:, j].reshape(-1, *tensor.shape[1:]).contiguous() for j in range(3))
-
-
-def trim_vocab_padding(tensor: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """NeMo pads the vocabulary to a multiple of `make_vocab_size_divisible_by x TP`; the padding rows are unused (too
-    few rows are left as they are, for the shape check to name the key)."""
-    return tensor[:vocab_size] if tensor.shape[0] > vocab_size else tensor
-
-
-# --- tensor-parallel merging (research/nemo_formats.md §1.3) ------------------------------------------------------
-
-REPLICATED, COLUMN, ROW, STRIDED_QKV = "replicated", "column", "row", "strided_qkv"
-
-
-def merge_tp_shards(shards: list[torch.Tensor], rule: str, key: str) -> torch.Tensor:
-    """One global tensor from its TP shards: `column`-parallel shards are stacked on dim 0, `row`-parallel ones on
-    dim 1, `replicated` ones must agree in shape (rank 0 is taken); `strided_qkv` (legacy `megatron_legacy` QKV, each
-    rank `[q_r; k_r; v_r]`) becomes `[q_0; q_1; ...; k_0; ...; v_0; ...]`."""
-    if len(shards) == 1:
-        return shards[0]
-    if rule == REPLICATED:
-        if any(shard.shape != shards[0].shape for shard in shards):
-            raise CheckpointError(f"NeMo key {key!r} is replicated across TP ranks but its shapes differ.")
-        return shards[0]
-    if rule == COLUMN:
-        return torch.cat(shards, dim=0)
-    if rule == ROW:
-        return torch.cat(shards, dim=1)
-    parts = [shard.reshape(3, -1, *shard.shape[1:]) for shard in shards]  # (3, rows_r / 3, ...)
-    return torch.cat(parts, dim=1).reshape(-1, *shards[0].shape[1:])
-
-
-class TensorParallelShards(Mapping):
-    """A read-only state dict over the TP shards of a checkpoint: each key is merged (`merge_tp_shards`, rule from
-    `tp_rules`, a regex -> rule map) only when it is read."""
-
-    def __init__(self, shards: list[Mapping[str, torch.Tensor]], tp_rules: Mapping[str, str]):
-        for rank, shard in enumerate(shards[1:], start=1):
-            if set(shard) != set(shards[0]):
-                odd = sorted(set(shard) ^ set(shards[0]))[0]
-                raise CheckpointError(f"TP rank {rank} and rank 0 hold different keys, e.g. {odd!r}.")
-        self.shards = shards
-        self.tp_rules = [(re.compile(pattern), rule) for pattern, rule in tp_rules.items()]
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        rule = next((rule for pattern, rule in self.tp_rules if pattern.fullmatch(key)), REPLICATED)
-        return merge_tp_shards([shard[key] for shard in self.shards], rule, key)
-
-    def __iter__(self):
-        return iter(self.shards[0])
-
-    def __len__(self) -> int:
-        return len(self.shards[0])
-
-
 # --- key maps ------------------------------------------------------------------------------------------------------
 
-# regex (anchored) -> (hfmm key template(s), transform, TP merge rule), or None to drop a key on purpose
-NemoRule = tuple[str | tuple[str, ...], Callable, str] | None
 
-
-def _block(layout: TowerLayout, mcore: bool) -> dict[str, tuple]:
+def layer_rules(layout: TowerLayout, mcore: bool) -> dict[str, tuple]:
     """Rules of one transformer layer: source suffix -> (hfmm suffix(es), transform, TP rule). Group `{0}` of the
     full key is the layer index, so the suffix's own groups start at `{1}`."""
     if mcore or not layout.megatron_legacy:
@@ -376,7 +316,7 @@ def _block(layout: TowerLayout, mcore: bool) -> dict[str, tuple]:
     }
 
 
-def _block_rules(src_prefix: str, dst_prefix: str, block: dict) -> dict:
+def block_rules(src_prefix: str, dst_prefix: str, block: dict) -> dict:
     """The layer rules of `block` under `src_prefix.{i}.` -> `dst_prefix.{i}.`."""
     rules = {}
     for pattern, (target, fn, tp) in block.items():
@@ -385,14 +325,14 @@ def _block_rules(src_prefix: str, dst_prefix: str, block: dict) -> dict:
     return rules
 
 
-def nemo_key_map(layout: NemoCLIPLayout, vocab_size: int) -> dict[str, NemoRule]:
+def nemo_key_map(layout: NemoCLIPLayout, vocab_size: int) -> dict[str, MegatronRule]:
     """The exhaustive key map of a NeMo CLIP checkpoint (keys without `model.`/`module.`) onto `HfmmCLIPModel`.
 
     NeMo 1 names the towers `vision_encoder`/`text_encoder`, NeMo 2 `vision_model`/`text_model`. Rows of the word
     embeddings beyond `vocab_size` (TP vocabulary padding) are dropped.
     """
     vision, text = (re.escape(name) for name in layout.towers)
-    vision_block, text_block = _block(layout.vision, layout.mcore), _block(layout.text, layout.mcore)
+    vision_block, text_block = layer_rules(layout.vision, layout.mcore), layer_rules(layout.text, layout.mcore)
     tokens = (
         "text_model.embeddings.token_embedding.weight",
         partial(trim_vocab_padding, vocab_size=vocab_size),
@@ -410,12 +350,12 @@ def nemo_key_map(layout: NemoCLIPLayout, vocab_size: int) -> dict[str, NemoRule]
             rf"{vision}\.position_embeddings\.weight": ("vision_model.embeddings.position_embedding.weight", same,
                                                         REPLICATED),
             rf"{vision}\.ln_pre\.(weight|bias)": ("vision_model.pre_layrnorm.{0}", same, REPLICATED),
-            **_block_rules(rf"{vision}\.decoder\.layers", "vision_model.encoder.layers", vision_block),
+            **block_rules(rf"{vision}\.decoder\.layers", "vision_model.encoder.layers", vision_block),
             rf"{vision}\.final_layernorm\.(weight|bias)": ("vision_model.post_layernorm.{0}", same, REPLICATED),
             rf"{text}\.embedding\.word_embeddings\.weight": tokens,
             rf"{text}\.embedding\.position_embeddings\.weight": ("text_model.embeddings.position_embedding.weight",
                                                                  same, REPLICATED),
-            **_block_rules(rf"{text}\.decoder\.layers", "text_model.encoder.layers", text_block),
+            **block_rules(rf"{text}\.decoder\.layers", "text_model.encoder.layers", text_block),
             rf"{text}\.final_layernorm\.(weight|bias)": ("text_model.final_layer_norm.{0}", same, REPLICATED),
             **common,
         }  # fmt: skip
@@ -431,24 +371,17 @@ def nemo_key_map(layout: NemoCLIPLayout, vocab_size: int) -> dict[str, NemoRule]
         rf"{backbone}\.position_embeddings": vision_positions,  # position_embedding_type: learned_parameters
         rf"{backbone}\.position_embeddings\.weight": vision_positions,  # learned_absolute
         rf"{backbone}\.preprocess_layernorm\.(weight|bias)": ("vision_model.pre_layrnorm.{0}", same, REPLICATED),
-        **_block_rules(rf"{backbone}\.transformer\.layers", "vision_model.encoder.layers", vision_block),
+        **block_rules(rf"{backbone}\.transformer\.layers", "vision_model.encoder.layers", vision_block),
         rf"{backbone}\.transformer\.final_layernorm\.(weight|bias)": ("vision_model.post_layernorm.{0}", same,
                                                                       REPLICATED),
         rf"{language}\.embedding\.word_embeddings\.weight": tokens,
         rf"{language}\.embedding\.position_embeddings": text_positions,
         rf"{language}\.embedding\.position_embeddings\.weight": text_positions,
-        **_block_rules(rf"{language}\.encoder\.layers", "text_model.encoder.layers", text_block),
+        **block_rules(rf"{language}\.encoder\.layers", "text_model.encoder.layers", text_block),
         rf"{language}\.encoder\.final_layernorm\.(weight|bias)": ("text_model.final_layer_norm.{0}", same,
                                                                   REPLICATED),
         **common,
     }  # fmt: skip
-
-
-def nemo_key_map_and_tp_rules(layout: NemoCLIPLayout, vocab_size: int) -> tuple[KeyMap, dict[str, str]]:
-    """The [`KeyMap`] (source "NeMo CLIP") and the TP merge rule of every pattern of `nemo_key_map`."""
-    rules = nemo_key_map(layout, vocab_size)
-    key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source="NeMo CLIP")
-    return key_map, {pattern: rule[2] for pattern, rule in rules.items() if rule is not None}
 
 
 def assemble_model(
@@ -468,5 +401,5 @@ def assemble_model(
         progress (`bool`, *optional*, defaults to `False`):
             Show a progress bar over the tensors.
     """
-    key_map, tp_rules = nemo_key_map_and_tp_rules(layout, config.text_config.vocab_size)
+    key_map, tp_rules = split_rules(nemo_key_map(layout, config.text_config.vocab_size), source="NeMo CLIP")
     return build_model(HfmmCLIPModel, config, TensorParallelShards(shards, tp_rules), key_map, progress=progress)

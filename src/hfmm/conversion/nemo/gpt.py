@@ -21,9 +21,17 @@ from transformers import LlamaConfig, NemotronConfig, PreTrainedConfig, StableLm
 
 from hfmm.conversion.common.key_maps import same
 from hfmm.conversion.common.readers import CheckpointError
-from hfmm.conversion.nemo.clip_mapping import COLUMN, REPLICATED, ROW, TensorParallelShards, trim_vocab_padding
+from hfmm.conversion.nemo.megatron import (
+    COLUMN,
+    REPLICATED,
+    ROW,
+    SWIGLU,
+    MegatronRule,
+    split_gqa_qkv,
+    split_swiglu,
+    trim_vocab_padding,
+)
 
-SWIGLU = "swiglu"  # TP rule: each rank holds [gate_r; up_r]; the global tensor is [gate_0; gate_1; ...; up_0; ...]
 GATED = {"swiglu", "fast-swiglu"}
 SQUARED_RELU = "squared-relu"
 
@@ -34,42 +42,9 @@ LEGACY = ("encoder.layers", "query_key_value", "dense", "dense_h_to_4h", "dense_
           "post_attention_layernorm", "encoder.final_layernorm")  # fmt: skip
 
 
-def split_gqa_qkv(tensor: torch.Tensor, num_heads: int, num_groups: int) -> tuple[torch.Tensor, ...]:
-    """Megatron's fused QKV, per query group `[q x heads/groups, k, v]` (head_dim rows each), as LLaMA's q, k, v."""
-    per_group = num_heads // num_groups
-    head_dim = tensor.shape[0] // (num_groups * (per_group + 2))
-    grouped = tensor.reshape(num_groups, per_group + 2, head_dim, *tensor.shape[1:])
-    rest = tensor.shape[1:]
-    return (
-        grouped[:, :per_group].reshape(num_groups * per_group * head_dim, *rest).contiguous(),
-        grouped[:, per_group].reshape(num_groups * head_dim, *rest).contiguous(),
-        grouped[:, per_group + 1].reshape(num_groups * head_dim, *rest).contiguous(),
-    )
-
-
-def split_swiglu(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    gate, up = tensor.chunk(2, dim=0)
-    return gate.contiguous(), up.contiguous()
-
-
-def merge_swiglu_shards(shards: list[torch.Tensor]) -> torch.Tensor:
-    halves = [shard.chunk(2, dim=0) for shard in shards]
-    return torch.cat([gate for gate, _ in halves] + [up for _, up in halves], dim=0)
-
-
 def plus_one(tensor: torch.Tensor) -> torch.Tensor:
     """`layernorm1p`'s stored γ−1 as a plain LayerNorm's γ (NeMo adds the 1 in the same precision at run time)."""
     return tensor + 1
-
-
-class GptShards(TensorParallelShards):
-    """TP shards merged on read, with the SwiGLU fc1 rule on top of column/row/replicated."""
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        rule = next((rule for pattern, rule in self.tp_rules if pattern.fullmatch(key)), REPLICATED)
-        if rule == SWIGLU and len(self.shards) > 1:
-            return merge_swiglu_shards([shard[key] for shard in self.shards])
-        return super().__getitem__(key)
 
 
 def text_config_from_nemo(cfg: Mapping, source: str) -> PreTrainedConfig:
@@ -131,7 +106,7 @@ def text_config_from_nemo(cfg: Mapping, source: str) -> PreTrainedConfig:
     )
 
 
-def gpt_rules(text: PreTrainedConfig, vocab_size: int, prefix: str = "", *, legacy: bool) -> dict[str, tuple]:
+def gpt_rules(text: PreTrainedConfig, vocab_size: int, prefix: str = "", *, legacy: bool) -> dict[str, MegatronRule]:
     """regex -> (target(s), transform, TP rule) for a Megatron GPT's keys under `prefix` (legacy or megatron-core
     names) to the `model.language_model.*` / `lm_head.weight` names of a NeVA holding `text`'s architecture."""
     heads, groups = text.num_attention_heads, text.num_key_value_heads

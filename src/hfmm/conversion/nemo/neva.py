@@ -8,27 +8,34 @@ transformers CLIP folder, which also gives the tower's config: NeMo records only
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessor, PreTrainedConfig
 
-from hfmm.conversion.common.key_maps import KeyMap, build_model, same
+from hfmm.conversion.common.key_maps import build_model, same
 from hfmm.conversion.common.readers import CheckpointError
-from hfmm.conversion.common.verification import check_destination
-from hfmm.conversion.common.writer import atomic_output_dir, write_provenance
-from hfmm.conversion.nemo.archive import nemo2_tokenizer_folders, open_nemo_checkpoint
-from hfmm.conversion.nemo.clip_mapping import COLUMN, REPLICATED, ROW, _target_name
-from hfmm.conversion.nemo.gpt import GptShards, gpt_rules, split_gqa_qkv, text_config_from_nemo
-from hfmm.conversion.transformers.llava import (
+from hfmm.conversion.common.result import ConversionResult
+from hfmm.conversion.common.writer import check_destination, write_model_folder
+from hfmm.conversion.nemo.archive import nemo2_tokenizer_folders, open_nemo_checkpoint, target_name
+from hfmm.conversion.nemo.clip_mapping import TowerLayout, block_rules, layer_rules
+from hfmm.conversion.nemo.gpt import gpt_rules, text_config_from_nemo
+from hfmm.conversion.nemo.megatron import (
+    COLUMN,
+    REPLICATED,
+    ROW,
+    MegatronRule,
+    TensorParallelShards,
+    split_gqa_qkv,
+    split_rules,
+)
+from hfmm.conversion.transformers.neva_parts import (
     IDENTITY,
     LLM_PART_KEYS,
     VISION_PART_KEYS,
-    _add_image_token,
-    _image_processor,
-    _renamed,
-    read_weights,
+    add_image_token,
+    load_image_processor,
+    read_part,
 )
 from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
 from hfmm.models.neva.processing_neva import CHAT_TEMPLATES, NevaProcessor
@@ -37,14 +44,7 @@ ADAPTER = r"embedding\.word_embeddings\.adapter_layer\.mm_projector_adapter\.mm_
 TOWER = r"embedding\.word_embeddings\.vision_encoder\.vision_model"
 
 
-@dataclass
-class NevaNemoConversion:
-    dst: Path
-    weights: str
-    notes: list[str] = field(default_factory=list)
-
-
-def neva_part_rules() -> dict[str, tuple]:
+def neva_part_rules() -> dict[str, MegatronRule]:
     """The NeVA parts inside NeMo 1's word-embedding module (megatron-core and legacy prefixes) and the LoRA adapters
     (merged apart, `merge_lora`)."""
     rules = {}
@@ -58,15 +58,15 @@ def neva_part_rules() -> dict[str, tuple]:
     return rules | {_LORA_KEY.pattern: None}
 
 
-def nemo1_rules(text: PreTrainedConfig, vocab_size: int) -> dict[str, tuple]:
+def nemo1_rules(text: PreTrainedConfig, vocab_size: int) -> dict[str, MegatronRule]:
     """Every key of a NeMo 1 NeVA or GPT checkpoint: the GPT (megatron-core or legacy names) and the NeVA parts."""
     return gpt_rules(text, vocab_size, legacy=False) | gpt_rules(text, vocab_size, legacy=True) | neva_part_rules()
 
 
-def nemo2_part_rules(vision_heads: int | None) -> dict[str, tuple]:
-    """NeMo 2 (megatron-core `LLaVAModel`): the projector and the vision tower, megatron-core or HF CLIP."""
+def nemo2_part_rules(vision_heads: int | None) -> dict[str, MegatronRule]:
+    """NeMo 2 (megatron-core `LLaVAModel`): the projector and the vision tower, an HF CLIP tower (`vision_heads` None)
+    or megatron-core's ViT, whose layers are those of NeMo's megatron-core CLIP."""
     tower = "model.vision_tower."
-    layer = tower + "encoder.layers.{0}."
     rules = {
         r"vision_projection\.encoder\.linear_fc1\.(weight|bias)": ("model.multi_modal_projector.linear_1.{0}", same, COLUMN),
         r"vision_projection\.encoder\.linear_fc2\.(weight|bias)": ("model.multi_modal_projector.linear_2.{0}", same, ROW),
@@ -77,27 +77,12 @@ def nemo2_part_rules(vision_heads: int | None) -> dict[str, tuple]:
     }  # fmt: skip
     if vision_heads is None:
         return rules
-
-    def qkv(tensor):
-        return split_gqa_qkv(tensor, vision_heads, vision_heads)  # per head [q, k, v]
-
-    b = r"vision_model\.decoder\.layers\.(\d+)\."
-    names = tuple(layer + f"self_attn.{p}_proj.{{1}}" for p in "qkv")
-    return rules | {
+    layers = layer_rules(TowerLayout(vision_heads), mcore=True)
+    return rules | block_rules(r"vision_model\.decoder\.layers", tower + "encoder.layers", layers) | {
         r"vision_model\.conv1\.weight": (tower + "embeddings.patch_embedding.weight", same, REPLICATED),
         r"vision_model\.position_embeddings\.weight": (tower + "embeddings.position_embedding.weight", same, REPLICATED),
         r"vision_model\.class_token": (tower + "embeddings.class_embedding", class_embedding, REPLICATED),
         r"vision_model\.ln_pre\.(weight|bias)": (tower + "pre_layrnorm.{0}", same, REPLICATED),
-        b + r"self_attention\.linear_qkv\.(weight|bias)": (names, qkv, COLUMN),
-        b + r"self_attention\.linear_proj\.weight": (layer + "self_attn.out_proj.weight", same, ROW),
-        b + r"self_attention\.linear_proj\.bias": (layer + "self_attn.out_proj.bias", same, REPLICATED),
-        b + r"input_layernorm\.(weight|bias)": (layer + "layer_norm1.{1}", same, REPLICATED),
-        b + r"self_attention\.linear_qkv\.layer_norm_(weight|bias)": (layer + "layer_norm1.{1}", same, REPLICATED),
-        b + r"pre_mlp_layernorm\.(weight|bias)": (layer + "layer_norm2.{1}", same, REPLICATED),
-        b + r"mlp\.linear_fc1\.layer_norm_(weight|bias)": (layer + "layer_norm2.{1}", same, REPLICATED),
-        b + r"mlp\.linear_fc1\.(weight|bias)": (layer + "mlp.fc1.{1}", same, COLUMN),
-        b + r"mlp\.linear_fc2\.weight": (layer + "mlp.fc2.weight", same, ROW),
-        b + r"mlp\.linear_fc2\.bias": (layer + "mlp.fc2.bias", same, REPLICATED),
     }  # fmt: skip
 
 
@@ -119,7 +104,7 @@ def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, 
     normalization = str(language.get("normalization", "LayerNorm")).lower()
     if normalization == "layernorm" and language.get("layernorm_zero_centered_gamma", False):
         normalization = "layernorm1p"
-    activation = _target_name(language.get("activation_func"))
+    activation = target_name(language.get("activation_func"))
     gated = language.get("gated_linear_unit", False)
     text = {
         "normalization": normalization,
@@ -139,7 +124,7 @@ def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, 
         projection.get("projector_type", "mlp2x_gelu")
     )
     if projector is None or (
-        projector == "mlp2x_gelu" and _target_name(projection.get("activation_func", "gelu")) != "gelu"
+        projector == "mlp2x_gelu" and target_name(projection.get("activation_func", "gelu")) != "gelu"
     ):
         raise CheckpointError(
             f"{source}: vision projector {projection.get('projector_type')!r} has no NeVA equivalent."
@@ -147,10 +132,10 @@ def nemo2_configs(model_yaml: Mapping, source: str) -> tuple[dict, dict | None, 
     if not config.get("drop_vision_class_token", True):
         raise CheckpointError(f"{source}: drop_vision_class_token: false is not supported yet.")
     vision_config = None
-    if not _target_name(vision).startswith("HFCLIPVision"):
+    if not target_name(vision).startswith("HFCLIPVision"):
         if vision.get("vision_model_type", "clip") != "clip" or vision.get("class_token_len", 1) != 1:
             raise CheckpointError(f"{source}: only CLIP ViT towers with one class token convert to a CLIP tower.")
-        activation = _target_name(vision.get("activation_func", "quick_gelu"))
+        activation = target_name(vision.get("activation_func", "quick_gelu"))
         vision_config = dict(
             hidden_size=vision["hidden_size"], intermediate_size=vision["ffn_hidden_size"],
             num_hidden_layers=vision["num_layers"], num_attention_heads=vision["num_attention_heads"],
@@ -190,82 +175,76 @@ def convert_nemo_neva_checkpoint(
     force: bool = False,
     max_shard_size: str = "5GB",
     arguments: list[str] | None = None,
-) -> NevaNemoConversion:
+) -> ConversionResult:
     """
-    Converts a NeMo 1 NeVA checkpoint (`.nemo` tar or folder; `model_weights.ckpt`, `mp_rank_XX/`,
-    `tp_rank_XX_pp_rank_YYY/` or `model_weights/` torch_dist) into an hfmm NeVA folder.
+    Converts a NeMo NeVA checkpoint into an hfmm NeVA folder: NeMo 1 (`.nemo` tar or folder; `model_weights.ckpt`,
+    `mp_rank_XX/`, `tp_rank_XX_pp_rank_YYY/` or `model_weights/` torch_dist) or NeMo 2 (`context/model.yaml` +
+    `weights/`).
 
     Args:
-        src: the NeVA checkpoint.
-        dst: output folder; appears only once complete.
-        llm: the language model when `src` lacks it (stage 1, or frozen): a NeMo GPT checkpoint or a transformers
-            causal-LM folder.
-        vision: a transformers CLIP folder: the tower's config always, its weights when `src` lacks them.
-        tokenizer: a transformers tokenizer folder, unless `llm` is a transformers folder with one.
-        force: replace an existing `dst`.
-        max_shard_size: weights above this size are split into shards.
-        arguments: the script's command-line arguments, recorded in `conversion.json` (the card's re-runnable command).
+        src (`str` or `Path`):
+            The NeVA checkpoint.
+        dst (`str` or `Path`):
+            Output folder; appears only once complete.
+        llm (`str` or `Path`, *optional*):
+            The language model when `src` lacks it (stage 1, or frozen), or the base of its LoRA adapters: a NeMo GPT
+            checkpoint or a transformers causal-LM folder.
+        vision (`str` or `Path`, *optional*):
+            A transformers CLIP folder: the tower's config (always for NeMo 1; NeMo 2 with an HF CLIP tower), its
+            weights when `src` lacks them.
+        tokenizer (`str` or `Path`, *optional*):
+            A transformers tokenizer folder, unless `llm` is a transformers folder with one.
+        force (`bool`, *optional*, defaults to `False`):
+            Replace an existing `dst`.
+        max_shard_size (`str`, *optional*, defaults to `"5GB"`):
+            Weights above this size are split into shards.
+        arguments (`list[str]`, *optional*):
+            The converter script's command-line arguments, recorded in `conversion.json` so the conversion can be
+            re-run (the model card shows the command).
     """
     check_destination(dst, force)
     llm, vision, tokenizer = (Path(p) if p is not None else None for p in (llm, vision, tokenizer))
-    notes: list[str] = []
+    result = ConversionResult(Path(dst))
     with open_nemo_checkpoint(src) as checkpoint:
         if checkpoint.nemo_version == 2:
-            model, processor = _nemo2(checkpoint, vision, tokenizer or llm, str(src), notes)
-            with atomic_output_dir(dst, force=force) as tmp:
-                model.save_pretrained(tmp, max_shard_size=max_shard_size)
-                processor.save_pretrained(tmp)
-                write_provenance(tmp, converter=CONVERTER, source=src, notes=notes, arguments=arguments)
-            return NevaNemoConversion(Path(dst), checkpoint.weights, notes)
-        cfg = checkpoint.config
-        mm = cfg.get("mm_cfg")
-        if not isinstance(mm, Mapping):
-            raise CheckpointError(f"{src}: model_config.yaml has no mm_cfg section: not a NeVA checkpoint.")
-        lora = read_lora(checkpoint, str(src))
-        if lora and llm is None:
-            raise CheckpointError(
-                f"{src} holds LoRA adapters, which are merged into their base language model: give --llm (the base: "
-                "a NeMo GPT checkpoint or a transformers causal-LM folder)."
-            )
-        if vision is None:
-            raise CheckpointError(
-                f"{src}: give --vision (a transformers CLIP folder): NeMo records only the tower's name "
-                f"({_get(mm, 'vision_encoder.from_pretrained', 'unknown')}), not its architecture."
-            )
-        if not _get(mm, "vision_encoder.from_hf", True):
-            raise CheckpointError(f"{src}: a NeMo CLIP vision tower (from_hf: false) is not supported yet.")
-        text_config = text_config_from_nemo(cfg, str(src))
-        hf_tokenizer = _tokenizer(llm, tokenizer, str(src))
-        text_config.vocab_size = len(hf_tokenizer)
-        projector_type = mm.get("mm_mlp_adapter_type", "linear")
-        if projector_type not in ("linear", "mlp2x_gelu"):
-            raise CheckpointError(f"{src}: mm_mlp_adapter_type={projector_type!r} has no NeVA equivalent yet.")
-        vision_config = AutoConfig.from_pretrained(vision)
-        vision_config = getattr(vision_config, "vision_config", vision_config)
-        start_end = {}
-        if mm.get("use_im_start_end", False):
-            ids = hf_tokenizer.convert_tokens_to_ids(["<extra_id_4>", "<extra_id_5>"])
-            if hf_tokenizer.unk_token_id in ids or None in ids:
-                raise CheckpointError(f"{src}: use_im_start_end needs <extra_id_4>/<extra_id_5> in the tokenizer.")
-            start_end = {"use_im_start_end": True, "im_start_token_id": ids[0], "im_end_token_id": ids[1]}
-        config = NevaConfig(
-            vision_config=vision_config.to_dict(),
-            text_config=text_config.to_dict(),
-            projector_type=projector_type,
-            vision_feature_layer=_get(mm, "vision_encoder.vision_select_layer", -2),
-            image_token_id=len(hf_tokenizer),  # the <image> token added below
-            conv_template=template if (template := _get(cfg, "data.conv_template")) in CHAT_TEMPLATES else None,
-            **start_end,
+            model, processor = _nemo2(checkpoint, vision, tokenizer or llm, str(src), result.notes)
+        else:
+            model, processor = _nemo1(checkpoint, llm, vision, tokenizer, str(src), result.notes)
+        result.weights = checkpoint.weights
+    provenance = result.provenance(CONVERTER, src, arguments)
+    write_model_folder(
+        model, dst, processor=processor, force=force, max_shard_size=max_shard_size, provenance=provenance
+    )
+    return result
+
+
+def _nemo1(checkpoint, llm: Path | None, vision: Path | None, tokenizer: Path | None, source: str, notes: list[str]):
+    """A NeMo 1 NeVA (`mm_cfg` in `model_config.yaml`); the parts it does not carry come from `llm` and `vision`."""
+    mm = checkpoint.config.get("mm_cfg")
+    if not isinstance(mm, Mapping):
+        raise CheckpointError(f"{source}: model_config.yaml has no mm_cfg section: not a NeVA checkpoint.")
+    lora = read_lora(checkpoint, source)
+    if lora and llm is None:
+        raise CheckpointError(
+            f"{source} holds LoRA adapters, which are merged into their base language model: give --llm (the base: "
+            "a NeMo GPT checkpoint or a transformers causal-LM folder)."
         )
-        rules = nemo1_rules(text_config, len(hf_tokenizer))
-        converted = _convert_all(checkpoint.shards, rules, "NeMo NeVA")
-        weights_note = checkpoint.weights
-    has_llm = "model.language_model.embed_tokens.weight" in converted
-    has_tower = any(key.startswith("model.vision_tower.") for key in converted)
-    if not has_llm:
+    if vision is None:
+        raise CheckpointError(
+            f"{source}: give --vision (a transformers CLIP folder): NeMo records only the tower's name "
+            f"({_get(mm, 'vision_encoder.from_pretrained', 'unknown')}), not its architecture."
+        )
+    if not _get(mm, "vision_encoder.from_hf", True):
+        raise CheckpointError(f"{source}: a NeMo CLIP vision tower (from_hf: false) is not supported yet.")
+    text_config = text_config_from_nemo(checkpoint.config, source)
+    hf_tokenizer = _tokenizer(llm, tokenizer, source)
+    text_config.vocab_size = len(hf_tokenizer)
+    config = _nemo1_config(checkpoint.config, text_config, hf_tokenizer, vision, source)
+    converted = _convert_all(checkpoint.shards, nemo1_rules(text_config, len(hf_tokenizer)), "NeMo NeVA")
+    if "model.language_model.embed_tokens.weight" not in converted:
         if llm is None:
             raise CheckpointError(
-                f"{src} does not carry the language model (it was frozen when saved): give --llm (a NeMo GPT "
+                f"{source} does not carry the language model (it was frozen when saved): give --llm (a NeMo GPT "
                 "checkpoint or a transformers causal-LM folder)."
             )
         converted.update(_llm_parts(llm, text_config, len(hf_tokenizer)))
@@ -273,17 +252,38 @@ def convert_nemo_neva_checkpoint(
     if lora:
         merge_lora(converted, lora, text_config)
         notes.append(f"merged LoRA adapters of {len(lora)} layers into the language model")
-    if not has_tower:
-        converted.update(_renamed(read_weights(vision), VISION_PART_KEYS))
+    if not any(key.startswith("model.vision_tower.") for key in converted):
+        converted.update(read_part(vision, VISION_PART_KEYS))
         notes.append(f"vision tower from {vision}")
     model = build_model(NevaForConditionalGeneration, config, converted, IDENTITY)
-    _add_image_token(model, hf_tokenizer, notes)
-    processor = NevaProcessor.from_model_config(model.config, _image_processor(vision, pad=False), hf_tokenizer)
-    with atomic_output_dir(dst, force=force) as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        processor.save_pretrained(tmp)
-        write_provenance(tmp, converter=CONVERTER, source=src, notes=notes, arguments=arguments)
-    return NevaNemoConversion(Path(dst), weights_note, notes)
+    add_image_token(model, hf_tokenizer, notes)
+    return model, NevaProcessor.from_model_config(model.config, load_image_processor(vision, pad=False), hf_tokenizer)
+
+
+def _nemo1_config(cfg: Mapping, text_config: PreTrainedConfig, tokenizer, vision: Path, source: str) -> NevaConfig:
+    """The NeVA config of a NeMo 1 `model_config.yaml`: `mm_cfg`'s projector, feature layer and start/end tokens, the
+    tower of `vision` and the `<image>` token that the converter adds at the end of `tokenizer`'s vocabulary."""
+    mm = cfg["mm_cfg"]
+    projector_type = mm.get("mm_mlp_adapter_type", "linear")
+    if projector_type not in ("linear", "mlp2x_gelu"):
+        raise CheckpointError(f"{source}: mm_mlp_adapter_type={projector_type!r} has no NeVA equivalent yet.")
+    vision_config = AutoConfig.from_pretrained(vision)
+    vision_config = getattr(vision_config, "vision_config", vision_config)
+    start_end = {}
+    if mm.get("use_im_start_end", False):
+        ids = tokenizer.convert_tokens_to_ids(["<extra_id_4>", "<extra_id_5>"])
+        if tokenizer.unk_token_id in ids or None in ids:
+            raise CheckpointError(f"{source}: use_im_start_end needs <extra_id_4>/<extra_id_5> in the tokenizer.")
+        start_end = {"use_im_start_end": True, "im_start_token_id": ids[0], "im_end_token_id": ids[1]}
+    return NevaConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        projector_type=projector_type,
+        vision_feature_layer=_get(mm, "vision_encoder.vision_select_layer", -2),
+        image_token_id=len(tokenizer),  # the <image> token added after conversion
+        conv_template=template if (template := _get(cfg, "data.conv_template")) in CHAT_TEMPLATES else None,
+        **start_end,
+    )
 
 
 CONVERTER = "convert/nemo_neva_to_hfmm.py"
@@ -327,17 +327,10 @@ def merge_lora(converted: dict[str, torch.Tensor], lora: dict[int, torch.Tensor]
             converted[key] = converted[key] + part.to(converted[key].dtype)
 
 
-def _convert_all(shards, rules: dict, source: str) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint, TP-merged and transformed by `rules` (regex -> (targets, transform, TP rule)
-    or None), under NeVA names."""
-    key_map = KeyMap({p: None if r is None else r[:2] for p, r in rules.items()}, source=source)
-    merged = GptShards(shards, {p: r[2] for p, r in rules.items() if r is not None})
-    out = {}
-    for key, (targets, transform) in key_map.plan(merged.keys()).items():
-        values = transform(merged[key])
-        for target, value in zip(targets, values if isinstance(values, tuple) else (values,)):
-            out[target] = value
-    return out
+def _convert_all(shards, rules: Mapping[str, MegatronRule], source: str) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, TP-merged and transformed by `rules`, under NeVA names."""
+    key_map, tp_rules = split_rules(rules, source)
+    return key_map.convert(TensorParallelShards(shards, tp_rules))
 
 
 def _llm_parts(llm: Path, text_config: PreTrainedConfig, vocab_size: int) -> dict[str, torch.Tensor]:
@@ -347,7 +340,7 @@ def _llm_parts(llm: Path, text_config: PreTrainedConfig, vocab_size: int) -> dic
             return _convert_all(checkpoint.shards, rules, "NeMo GPT (--llm)")
     if not (llm / "config.json").is_file():
         raise CheckpointError(f"--llm {llm}: neither a NeMo GPT checkpoint nor a transformers causal-LM folder.")
-    return _renamed(read_weights(llm), LLM_PART_KEYS)
+    return read_part(llm, LLM_PART_KEYS)
 
 
 def _nemo2(checkpoint, vision: Path | None, tokenizer: Path | None, source: str, notes: list[str]):
@@ -385,10 +378,10 @@ def _nemo2(checkpoint, vision: Path | None, tokenizer: Path | None, source: str,
             "megatron-core ViT tower: post_layernorm set to identity (unused: features come from a hidden state)"
         )
     model = build_model(NevaForConditionalGeneration, config, converted, IDENTITY)
-    _add_image_token(model, hf_tokenizer, notes)
+    add_image_token(model, hf_tokenizer, notes)
     size = config.vision_config.image_size
     image_processor = (
-        _image_processor(vision, pad=False)
+        load_image_processor(vision, pad=False)
         if vision is not None
         else CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     )

@@ -21,7 +21,6 @@ The activation rule (OpenCLIP weights do not record it, and the wrong one moves 
 timm image towers always use exact GELU; the rule then decides the text tower only.
 """
 
-import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,15 +29,15 @@ from pathlib import Path
 import torch
 
 from hfmm.conversion.common.key_maps import build_model
-from hfmm.conversion.common.readers import CheckpointError, SafetensorsStateDict, read_state_dict
+from hfmm.conversion.common.readers import CheckpointError, read_json, read_state_dict
+from hfmm.conversion.common.result import ConversionResult
 from hfmm.conversion.common.verification import (
-    ConversionResult,
-    check_destination,
     check_differences,
     embedding_differences,
     model_class,
     write_clip_folder,
 )
+from hfmm.conversion.common.writer import check_destination
 from hfmm.conversion.open_clip.mapping import OPEN_CLIP_KEYS, config_from_open_clip
 from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel, available_presets
 
@@ -105,10 +104,7 @@ def locate(src: str | Path) -> tuple[Path, dict | None]:
 
 
 def _read_hub_config(path: Path) -> dict:
-    try:
-        hub_config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not a readable JSON file ({error}).") from error
+    hub_config = read_json(path)
     if not isinstance(hub_config, dict) or not isinstance(hub_config.get("model_cfg"), dict):
         raise CheckpointError(f"{path}: no `model_cfg` object (is it an open_clip_config.json?).")
     return hub_config
@@ -207,14 +203,6 @@ def resolve_hub_config(hub_config: dict, quick_gelu: bool | None, timm_model_kwa
 # --- reading ------------------------------------------------------------------------------------------------------
 
 
-def read_weights(weights: Path) -> Mapping[str, torch.Tensor]:
-    """The tensors of a weights file, memory-mapped: every rule of the key map is zero-copy but for two small
-    transposes, so the converted model holds the file's own pages, each once."""
-    if weights.suffix == ".safetensors":
-        return SafetensorsStateDict([weights], backend="mmap")
-    return read_state_dict(weights)  # torch files: weights_only=True, mmap=True
-
-
 def read_open_clip_checkpoint(
     src: str | Path,
     *,
@@ -249,7 +237,10 @@ def read_open_clip_checkpoint(
         )
     else:
         config, open_clip_cfg, quick_gelu, notes = resolve_name(model, quick_gelu, timm_model_kwargs)
-    return OpenCLIPCheckpoint(weights, read_weights(weights), config, open_clip_cfg, quick_gelu, explicit + notes)
+    # Memory-mapped: every rule of the key map is zero-copy but for two small transposes, so the converted model
+    # holds the file's own pages, each once.
+    state_dict = read_state_dict(weights)
+    return OpenCLIPCheckpoint(weights, state_dict, config, open_clip_cfg, quick_gelu, explicit + notes)
 
 
 # --- verification -------------------------------------------------------------------------------------------------
@@ -352,12 +343,6 @@ def convert_open_clip_checkpoint(
             result.notes.append(skipped)
     else:
         result.notes.append("verification skipped (--no-verify)")
-    provenance = dict(
-        converter="convert/open_clip_to_hfmm.py",
-        source=src,
-        notes=result.notes,
-        differences=result.differences,
-        arguments=arguments,
-    )
+    provenance = result.provenance("convert/open_clip_to_hfmm.py", src, arguments)
     write_clip_folder(hfmm_model, dst, force=force, max_shard_size=max_shard_size, provenance=provenance)
     return result

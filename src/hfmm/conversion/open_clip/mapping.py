@@ -3,15 +3,13 @@
 Every OpenCLIP key must match exactly one anchored rule below; an unknown key is an error that names it.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
 from hfmm.conversion.common.key_maps import KeyMap, Rule, as_vector, same, split_rows, transpose
 from hfmm.models.clip import HfmmCLIPConfig, HfmmSigLIPConfig
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from hfmm.models.clip.configuration_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 # OpenCLIP config keys hfmm reads; any other key is refused by name unless it holds the value listed in the
 # `_DEFAULTS` tables (OpenCLIP 3.3's dataclass defaults, which is what hfmm implements) or only matters for a feature
@@ -87,8 +85,8 @@ def _refuse_unknown(section: str, cfg: Mapping, allowed: set, defaults: Mapping)
 def _vision_config(vision_cfg: Mapping, act: str, preprocess: Mapping) -> dict:
     image = {
         "image_size": vision_cfg.get("image_size", 224),
-        "image_mean": list(preprocess.get("mean", OPENAI_MEAN)),
-        "image_std": list(preprocess.get("std", OPENAI_STD)),
+        "image_mean": list(preprocess.get("mean", OPENAI_CLIP_MEAN)),
+        "image_std": list(preprocess.get("std", OPENAI_CLIP_STD)),
         "interpolation": preprocess.get("interpolation", "bicubic"),
         "resize_mode": preprocess.get("resize_mode", "shortest"),
     }
@@ -258,18 +256,9 @@ OPEN_CLIP_KEY_MAP: dict[str, Rule] = {
 OPEN_CLIP_KEYS = KeyMap(OPEN_CLIP_KEY_MAP, source="OpenCLIP")
 
 
-def map_open_clip_key(key: str) -> tuple[tuple[str, ...], Callable] | None:
-    """Target key(s) and transform of one OpenCLIP key; `None` for keys dropped on purpose."""
-    return OPEN_CLIP_KEYS.map_key(key)
-
-
 def convert_open_clip_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Maps an in-memory OpenCLIP state dict (no `module.` prefix) onto hfmm's `HfmmCLIPModel` keys.
 
     Checkpoint files go through [`build_model`] instead, which checks keys and shapes and reads tensors lazily.
     """
-    converted = {}
-    for key, (targets, fn) in OPEN_CLIP_KEYS.plan(state_dict).items():
-        values = fn(state_dict[key])
-        converted.update(zip(targets, values if isinstance(values, tuple) else (values,), strict=True))
-    return converted
+    return OPEN_CLIP_KEYS.convert(state_dict)

@@ -4,27 +4,16 @@ The reverse of `convert/to_transformers.py`: parameter names are shared, `logit_
 tower keeps its `hidden_act`, and the image preprocessing comes from the folder's `preprocessor_config.json`.
 """
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPModel
 
 from hfmm.conversion.common.key_maps import build_model
-from hfmm.conversion.common.readers import (
-    CheckpointError,
-    SafetensorsStateDict,
-    image_processor_file,
-    load_torch_file,
-    unwrap_state_dict,
-)
-from hfmm.conversion.common.verification import (
-    ConversionResult,
-    check_destination,
-    check_differences,
-    embedding_differences,
-    write_clip_folder,
-)
+from hfmm.conversion.common.readers import CheckpointError, image_processor_file, read_json, read_model_folder
+from hfmm.conversion.common.result import ConversionResult
+from hfmm.conversion.common.verification import check_differences, embedding_differences, write_clip_folder
+from hfmm.conversion.common.writer import check_destination
 from hfmm.conversion.transformers.clip_mapping import (
     TRANSFORMERS_KEYS,
     from_transformers_config,
@@ -34,53 +23,23 @@ from hfmm.models.clip import HfmmCLIPModel
 from hfmm.models.clip.processing_clip import HfmmCLIPTokenizer
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not a readable JSON file ({error}).") from error
-
-
 def read_config(src: Path) -> CLIPConfig:
     """The `CLIPConfig` of a transformers folder; anything else is refused, naming its `model_type`."""
     path = src / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{src}: no config.json (is it a transformers CLIPModel folder?).")
-    model_type = _read_json(path).get("model_type")
+    model_type = read_json(path).get("model_type")
     if model_type != "clip":
         hint = " (already an hfmm folder)" if str(model_type).startswith("hfmm") else ""
         raise CheckpointError(f"{path}: model_type={model_type!r}, not a transformers CLIPModel ('clip'){hint}.")
     return CLIPConfig.from_pretrained(src)
 
 
-def _shards(src: Path, index_name: str) -> list[Path]:
-    weight_map = _read_json(src / index_name).get("weight_map") or {}
-    return [src / name for name in sorted(set(weight_map.values()))]
-
-
-def read_weights(src: Path):
-    """The folder's tensors, memory-mapped (the key map copies nothing): `model.safetensors` (or its shards), else
-    `pytorch_model.bin` (or its shards)."""
-    if (src / "model.safetensors").is_file():
-        return SafetensorsStateDict([src / "model.safetensors"], backend="mmap")
-    if (src / "model.safetensors.index.json").is_file():
-        return SafetensorsStateDict(_shards(src, "model.safetensors.index.json"), backend="mmap")
-    paths = [src / "pytorch_model.bin"] if (src / "pytorch_model.bin").is_file() else []
-    if not paths and (src / "pytorch_model.bin.index.json").is_file():
-        paths = _shards(src, "pytorch_model.bin.index.json")
-    if not paths:
-        raise CheckpointError(f"{src}: no model.safetensors or pytorch_model.bin (nor their sharded indexes).")
-    state_dict = {}
-    for path in paths:  # memory-mapped: nothing is read until a tensor is used
-        state_dict.update(unwrap_state_dict(load_torch_file(path), str(path)))
-    return state_dict
-
-
 def _source_vocab(src: Path) -> dict | None:
     if (src / "vocab.json").is_file():
-        return _read_json(src / "vocab.json")
+        return read_json(src / "vocab.json")
     if (src / "tokenizer.json").is_file():
-        return (_read_json(src / "tokenizer.json").get("model") or {}).get("vocab")
+        return (read_json(src / "tokenizer.json").get("model") or {}).get("vocab")
     return None
 
 
@@ -162,18 +121,12 @@ def convert_transformers_checkpoint(
     config, notes = read_hfmm_config(src)
     if (tokenizer_note := check_tokenizer(src)) is not None:
         notes.append(tokenizer_note)
-    model = build_model(HfmmCLIPModel, config, read_weights(src), TRANSFORMERS_KEYS, progress=progress)
+    model = build_model(HfmmCLIPModel, config, read_model_folder(src), TRANSFORMERS_KEYS, progress=progress)
     result = ConversionResult(Path(dst), notes=notes)
     if verify_outputs:
         result.differences = verify(model, src)
     else:
         result.notes.append("verification skipped (--no-verify)")
-    provenance = dict(
-        converter="convert/transformers_to_hfmm.py",
-        source=src,
-        notes=result.notes,
-        differences=result.differences,
-        arguments=arguments,
-    )
+    provenance = result.provenance("convert/transformers_to_hfmm.py", src, arguments)
     write_clip_folder(model, dst, force=force, max_shard_size=max_shard_size, provenance=provenance)
     return result

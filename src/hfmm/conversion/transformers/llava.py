@@ -6,15 +6,12 @@ The NeVA's parameter names are Llava's (v5 in-memory) names, so the maps below o
 """
 
 import copy
-import json
-import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoTokenizer,
     CLIPVisionModel,
@@ -23,22 +20,23 @@ from transformers import (
 )
 
 from hfmm.conversion.common.key_maps import KeyMap, build_model, same
-from hfmm.conversion.common.readers import (
-    CheckpointError,
-    SafetensorsStateDict,
-    image_processor_file,
-    load_torch_file,
-    unwrap_state_dict,
-    write_model_folder,
+from hfmm.conversion.common.readers import CheckpointError, read_json, read_model_folder
+from hfmm.conversion.common.result import ConversionResult
+from hfmm.conversion.common.writer import check_destination, write_model_folder
+from hfmm.conversion.transformers.neva_parts import (
+    IDENTITY,
+    LANGUAGE_MODEL,
+    LLM_PART_KEYS,
+    VISION,
+    VISION_PART_KEYS,
+    add_image_token,
+    load_image_processor,
+    read_part,
 )
-from hfmm.conversion.common.verification import check_destination
 from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
 from hfmm.models.neva.processing_neva import NevaProcessor
 
-VISION = r"(embeddings\.(?:class_embedding|patch_embedding\.weight|position_embedding\.weight)|(?:pre_layrnorm|post_layernorm)\.(?:weight|bias)|encoder\.layers\.\d+\..+)"
 PROJECTOR = r"(linear_[12]\.(?:weight|bias))"
-# Any key of the causal LM but the rotary `inv_freq` buffers old checkpoints carry (dropped), so no key has two rules.
-LANGUAGE_MODEL = r"((?!.*\.rotary_emb\.inv_freq$).+)"
 
 # transformers Llava folders: v5 in-memory names, what 5.x `save_pretrained` writes, and pre-4.52 Hub repos.
 LLAVA_KEYS = KeyMap(
@@ -77,61 +75,7 @@ ORIGINAL_KEYS = KeyMap(
     source="original LLaVA",
 )
 
-# The parts given with --vision (a transformers CLIPModel or CLIPVisionModel folder) and --llm (a causal LM folder).
-VISION_PART_KEYS = KeyMap(
-    {
-        rf"vision_model\.{VISION}": ("model.vision_tower.{0}", same),
-        rf"{VISION}": ("model.vision_tower.{0}", same),
-        r"(?:vision_model\.)?embeddings\.position_ids": None,
-        r"(?:text_model|visual_projection|text_projection|logit_scale).*": None,
-    },
-    source="transformers CLIP (--vision)",
-)
-LLM_PART_KEYS = KeyMap(
-    {
-        rf"model\.{LANGUAGE_MODEL}": ("model.language_model.{0}", same),
-        r"lm_head\.weight": ("lm_head.weight", same),
-        r".*\.rotary_emb\.inv_freq": None,
-    },
-    source="transformers causal LM (--llm)",
-)
-
 ORIGINAL_MODEL_TYPES = ("llava_llama", "llava_mistral", "llava")
-IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"
-
-
-@dataclass
-class NevaConversionResult:
-    dst: Path
-    notes: list[str] = field(default_factory=list)
-    max_logit_difference: float | None = None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not a readable JSON file ({error}).") from error
-
-
-def _shards(folder: Path, index_name: str) -> list[Path]:
-    weight_map = _read_json(folder / index_name).get("weight_map") or {}
-    return [folder / name for name in sorted(set(weight_map.values()))]
-
-
-def read_weights(folder: Path) -> dict:
-    """Every tensor of a folder, lazily: safetensors (single or sharded), else `.bin` pickles (weights_only)."""
-    if (folder / "model.safetensors").is_file():
-        return dict(SafetensorsStateDict([folder / "model.safetensors"], backend="mmap").items())
-    if (folder / "model.safetensors.index.json").is_file():
-        return dict(SafetensorsStateDict(_shards(folder, "model.safetensors.index.json"), backend="mmap").items())
-    paths = sorted(folder.glob("pytorch_model*.bin")) or sorted(folder.glob("mm_projector*.bin"))
-    if not paths:
-        raise CheckpointError(f"{folder}: no model.safetensors, pytorch_model.bin or mm_projector.bin.")
-    state_dict = {}
-    for path in paths:
-        state_dict.update(unwrap_state_dict(load_torch_file(path), str(path)))
-    return state_dict
 
 
 def _vision_config(folder: Path):
@@ -144,86 +88,12 @@ def _vision_config(folder: Path):
     return vision
 
 
-def _image_processor(*folders: Path, pad: bool):
-    """The tower's image processor (the first folder that has one); LLaVA-1.5's `pad` aspect ratio as Llava's."""
-    for folder in folders:
-        if folder is not None and image_processor_file(folder) is not None:
-            processor = AutoImageProcessor.from_pretrained(folder)  # reads either file transformers writes
-            break
-    else:
-        searched = [str(f) for f in folders if f is not None]
-        raise CheckpointError(f"no preprocessor_config.json or processor_config.json (image processor) in {searched}.")
-    if pad:
-        from transformers import LlavaImageProcessorPil
-
-        keep = ("size", "crop_size", "do_center_crop", "do_resize", "resample", "do_rescale", "rescale_factor",
-                "do_normalize", "image_mean", "image_std", "do_convert_rgb")  # fmt: skip
-        settings = {key: value for key, value in processor.to_dict().items() if key in keep}
-        processor = LlavaImageProcessorPil(**settings, do_pad=True)
-    return processor
-
-
 def _source_chat_template(folder: Path) -> str | None:
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text()
     if (folder / "chat_template.json").is_file():
-        return _read_json(folder / "chat_template.json").get("chat_template")
+        return read_json(folder / "chat_template.json").get("chat_template")
     return None
-
-
-def _renamed(state_dict: dict, key_map: KeyMap) -> dict:
-    """A part's tensors under NeVA names (unknown keys raise, naming the part)."""
-    out = {}
-    for key, (targets, _) in key_map.plan(state_dict.keys()).items():
-        out[targets[0]] = state_dict[key]
-    return out
-
-
-IDENTITY = KeyMap({r"(.+)": ("{0}", same)}, source="assembled NeVA")
-
-
-RESIZE_SEED = 0  # new embedding rows are drawn from this seed: a conversion is reproducible bit for bit
-
-
-def _rows_like(rows: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` draws from N(μ, 1e-5·Σ), μ and Σ the mean and covariance of `rows` (transformers' LLaVA converter)."""
-    rows64 = rows.double()
-    mean = rows64.mean(0)
-    centered = rows64 - mean
-    covariance = 1e-5 * centered.T @ centered / rows.shape[0]  # (hidden, hidden)
-    factor, info = torch.linalg.cholesky_ex(covariance)
-    if info.item() != 0:  # fewer rows than dimensions, or a degenerate matrix: the mean itself
-        return mean.expand(count, -1).to(rows.dtype).clone()
-    noise = torch.randn(count, rows.shape[1], generator=generator, dtype=torch.float64)
-    return (mean + noise @ factor.T).to(rows.dtype)
-
-
-def _add_image_token(model: NevaForConditionalGeneration, tokenizer, notes: list[str]) -> None:
-    """
-    Adds `<image>` (and `<pad>` when the tokenizer has no pad token) as special tokens and resizes the embeddings as
-    transformers' LLaVA converter does: to the new vocabulary padded to a multiple of 64, every new row drawn from
-    N(μ, 1e-5·Σ) of the old rows, with a fixed seed (`RESIZE_SEED`). Unlike that converter, the new `lm_head` rows
-    are drawn from `lm_head`'s own rows (it uses the input embeddings' statistics for both), so a new token's logit
-    stays near an average token's. These rows are the conversion's choice: `<image>`'s input row is always replaced
-    by image features, and the padding rows are never produced by the tokenizer.
-    """
-    added = tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
-    if tokenizer.pad_token is None:
-        added += tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    old = model.get_input_embeddings().num_embeddings
-    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)  # keeps the old rows
-    new = model.get_input_embeddings().num_embeddings
-    generator = torch.Generator().manual_seed(RESIZE_SEED)
-    embeddings, head = model.get_input_embeddings().weight, model.lm_head.weight
-    with torch.no_grad():
-        for weight in (embeddings,) if head is embeddings else (embeddings, head):
-            weight[old:] = _rows_like(weight[:old], new - old, generator)
-    model.config.text_config.vocab_size = new
-    model.config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    notes.append(
-        f"added {added} special token(s) ({IMAGE_TOKEN}, {PAD_TOKEN}); embeddings {old} -> {new} rows "
-        f"(new rows from N(mean, 1e-5 cov) of the old ones, seed {RESIZE_SEED})"
-    )
 
 
 def _reference_logits(model: NevaForConditionalGeneration, llava: LlavaForConditionalGeneration) -> float:
@@ -244,16 +114,24 @@ def _reference_logits(model: NevaForConditionalGeneration, llava: LlavaForCondit
     return (ours - theirs).abs().max().item()
 
 
+# NeVA and Llava config fields of the same name and meaning
+_SHARED_FIELDS = (
+    "projector_hidden_act",
+    "vision_feature_layer",
+    "vision_feature_select_strategy",
+    "multimodal_projector_bias",
+)
+
+
+def _shared_fields(config: NevaConfig | LlavaConfig) -> dict:
+    """The towers and the projector settings, which a NeVA and a Llava config hold alike."""
+    towers = {"vision_config": config.vision_config.to_dict(), "text_config": config.text_config.to_dict()}
+    return towers | {name: getattr(config, name) for name in _SHARED_FIELDS}
+
+
 def _llava_config_of(config: NevaConfig) -> LlavaConfig:
     return LlavaConfig(
-        vision_config=config.vision_config.to_dict(),
-        text_config=config.text_config.to_dict(),
-        image_token_index=config.image_token_id,
-        image_seq_length=config.image_seq_length,
-        projector_hidden_act=config.projector_hidden_act,
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        multimodal_projector_bias=config.multimodal_projector_bias,
+        **_shared_fields(config), image_token_index=config.image_token_id, image_seq_length=config.image_seq_length
     )
 
 
@@ -278,21 +156,16 @@ def _from_transformers_llava(src: Path, verify: bool, notes: list[str]):
             f"{src}: vision_feature_layer={llava_config.vision_feature_layer} (several layers) has no NeVA equivalent."
         )
     config = NevaConfig(
-        vision_config=llava_config.vision_config.to_dict(),
-        text_config=llava_config.text_config.to_dict(),
+        **_shared_fields(llava_config),
         projector_type="mlp2x_gelu",
-        projector_hidden_act=llava_config.projector_hidden_act,
-        multimodal_projector_bias=llava_config.multimodal_projector_bias,
-        vision_feature_layer=llava_config.vision_feature_layer,
-        vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
         image_token_id=llava_config.image_token_id,
         tie_word_embeddings=llava_config.tie_word_embeddings,
     )
-    image_processor = _image_processor(src, pad=False)  # the cheap checks first
+    image_processor = load_image_processor(src, pad=False)  # the cheap checks first
     tokenizer = AutoTokenizer.from_pretrained(src)
     chat_template = _source_chat_template(src) or NevaProcessor.chat_template_for("v1")
     processor = NevaProcessor.from_model_config(config, image_processor, tokenizer, chat_template)
-    model = build_model(NevaForConditionalGeneration, config, read_weights(src), LLAVA_KEYS)
+    model = build_model(NevaForConditionalGeneration, config, read_model_folder(src), LLAVA_KEYS)
     difference = None
     if verify:
         difference = _reference_logits(
@@ -310,11 +183,8 @@ def _original_text_config(source: dict):
     return AutoConfig.for_model(**text)
 
 
-def _from_original_llava(src: Path, llm: Path | None, vision: Path | None, verify: bool, notes: list[str]):
-    source = _read_json(src / "config.json") if (src / "config.json").is_file() else {}
-    weights = read_weights(src)
-    projector_only = all(key.startswith("model.mm_projector") for key in weights)
-    has_tower = any(key.startswith("model.vision_tower.") for key in weights)
+def _check_original_parts(src: Path, source: dict, projector_only: bool, has_tower: bool, llm, vision) -> None:
+    """Refuses an original LLaVA folder whose missing parts were not given (`--llm`, `--vision`), naming them."""
     if projector_only and llm is None:
         raise CheckpointError(
             f"{src} holds only the projector (a stage-1 folder): give --llm (a transformers causal-LM folder) and "
@@ -325,10 +195,16 @@ def _from_original_llava(src: Path, llm: Path | None, vision: Path | None, verif
             f"{src} has no vision tower weights (LLaVA loads {source.get('mm_vision_tower', 'its CLIP tower')} at "
             "run time): give --vision (a transformers CLIP folder)."
         )
+    if vision is None:
+        raise CheckpointError(f"{src}: the vision tower's config comes from --vision (a transformers CLIP folder).")
     if source.get("mm_vision_select_feature", "patch") != "patch":
         raise CheckpointError(
             f"{src}: mm_vision_select_feature={source['mm_vision_select_feature']!r} is not supported."
         )
+
+
+def _original_config(src: Path, source: dict, weights: Mapping, text_config, tokenizer, vision: Path) -> NevaConfig:
+    """The NeVA config of an original LLaVA folder (`source`: its `config.json`) with the tower of `vision`."""
     projector_type = source.get("mm_projector_type") or (
         "mlp2x_gelu" if any(k.startswith("model.mm_projector.2") for k in weights) else "linear"
     )
@@ -336,22 +212,16 @@ def _from_original_llava(src: Path, llm: Path | None, vision: Path | None, verif
         raise CheckpointError(
             f"{src}: mm_projector_type={projector_type!r} has no NeVA equivalent (linear, mlp2x_gelu)."
         )
-    tokenizer_folder = llm if projector_only else src
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-    text_config = AutoConfig.from_pretrained(llm) if projector_only else _original_text_config(source)
-    vision_config = _vision_config(vision) if vision is not None else None
-    if vision_config is None:
-        raise CheckpointError(f"{src}: the vision tower's config comes from --vision (a transformers CLIP folder).")
     start_end = {}
     if source.get("mm_use_im_start_end"):
         ids = tokenizer.convert_tokens_to_ids(["<im_start>", "<im_end>"])
         if tokenizer.unk_token_id in ids:
             raise CheckpointError(
-                f"{tokenizer_folder}: mm_use_im_start_end is set but the tokenizer lacks <im_start>/<im_end>."
+                f"{tokenizer.name_or_path}: mm_use_im_start_end is set but the tokenizer lacks <im_start>/<im_end>."
             )
         start_end = {"use_im_start_end": True, "im_start_token_id": ids[0], "im_end_token_id": ids[1]}
-    config = NevaConfig(
-        vision_config=vision_config.to_dict(),
+    return NevaConfig(
+        vision_config=_vision_config(vision).to_dict(),
         text_config=text_config.to_dict(),
         projector_type=projector_type,
         vision_feature_layer=source.get("mm_vision_select_layer", -2),
@@ -359,11 +229,22 @@ def _from_original_llava(src: Path, llm: Path | None, vision: Path | None, verif
         conv_template="v1",
         **start_end,
     )
-    parts = _renamed(weights, ORIGINAL_KEYS)
+
+
+def _from_original_llava(src: Path, llm: Path | None, vision: Path | None, verify: bool, notes: list[str]):
+    source = read_json(src / "config.json") if (src / "config.json").is_file() else {}
+    weights = read_model_folder(src, fallback=("mm_projector.bin",))
+    projector_only = all(key.startswith("model.mm_projector") for key in weights)
+    has_tower = any(key.startswith("model.vision_tower.") for key in weights)
+    _check_original_parts(src, source, projector_only, has_tower, llm, vision)
+    tokenizer = AutoTokenizer.from_pretrained(llm if projector_only else src)
+    text_config = AutoConfig.from_pretrained(llm) if projector_only else _original_text_config(source)
+    config = _original_config(src, source, weights, text_config, tokenizer, vision)
+    parts = ORIGINAL_KEYS.convert(weights)
     if projector_only:
-        parts.update(_renamed(read_weights(llm), LLM_PART_KEYS))
+        parts.update(read_part(llm, LLM_PART_KEYS))
     if not has_tower:
-        parts.update(_renamed(read_weights(vision), VISION_PART_KEYS))
+        parts.update(read_part(vision, VISION_PART_KEYS))
     model = build_model(NevaForConditionalGeneration, config, parts, IDENTITY)
     if model.model.multi_modal_projector.linear_1.weight.shape[1] != config.vision_config.hidden_size:
         raise CheckpointError("the projector's input width does not match the vision tower's hidden size.")
@@ -372,14 +253,14 @@ def _from_original_llava(src: Path, llm: Path | None, vision: Path | None, verif
         reference = _original_reference(
             src, config, weights, llm=llm if projector_only else None, vision=None if has_tower else vision
         )
-    _add_image_token(model, tokenizer, notes)
+    add_image_token(model, tokenizer, notes)
     if reference is not None:
         _copy_new_rows(model, reference, notes)
     pad = source.get("image_aspect_ratio") == "pad"
     if pad:
         notes.append("image_aspect_ratio 'pad': images are padded to square with the mean colour (Llava's processor)")
     processor = NevaProcessor.from_model_config(
-        model.config, _image_processor(src, vision, pad=pad), tokenizer, NevaProcessor.chat_template_for("v1")
+        model.config, load_image_processor(src, vision, pad=pad), tokenizer, NevaProcessor.chat_template_for("v1")
     )
     difference = None
     if reference is not None:
@@ -401,13 +282,14 @@ ORIGINAL_KEY_MAPPING = {  # research/hf_integration.md §3.6: transformers' Llav
 
 
 def _original_reference(
-    src: Path, config: NevaConfig, weights: dict, *, llm: Path | None, vision: Path | None
+    src: Path, config: NevaConfig, weights: Mapping[str, torch.Tensor], *, llm: Path | None, vision: Path | None
 ) -> LlavaForConditionalGeneration | None:
     """
     The ground truth, before any embedding resize: transformers' own Llava holding the same sources, read by
     transformers' loaders: the original folder through `ORIGINAL_KEY_MAPPING`, `llm` as an `AutoModelForCausalLM`
-    (stage 1) and `vision` as a `CLIPVisionModel` (a folder without the tower). `None` when Llava cannot represent the
-    model (a linear projector, start/end tokens).
+    (stage 1) and `vision` as a `CLIPVisionModel` (a folder without the tower); a stage-1 projector is named as
+    `ORIGINAL_KEY_MAPPING` names it, spelled out rather than through the converter's map. `None` when Llava cannot
+    represent the model (a linear projector, start/end tokens).
     """
     if config.projector_type != "mlp2x_gelu" or config.use_im_start_end:
         return None
@@ -421,12 +303,11 @@ def _original_reference(
             llava = LlavaForConditionalGeneration(llava_config)
         language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32)
         llava.model.language_model, llava.lm_head = language_model.model, language_model.lm_head
-        prefix = "model.multi_modal_projector."
-        projector = {}
-        for key, value in weights.items():
-            for pattern, target in ORIGINAL_KEY_MAPPING.items():
-                key = re.sub(pattern, target, key)
-            projector[key.removeprefix(prefix)] = value.float()
+        projector = {  # model.mm_projector.0 -> linear_1, model.mm_projector.2 -> linear_2
+            f"linear_{index}.{name}": weights[f"model.mm_projector.{source}.{name}"].float()
+            for index, source in ((1, 0), (2, 2))
+            for name in ("weight", "bias")
+        }
         llava.model.multi_modal_projector.load_state_dict(projector, strict=True, assign=True)
     if vision is not None:
         llava.model.vision_tower = CLIPVisionModel.from_pretrained(vision, dtype=torch.float32)
@@ -453,20 +334,29 @@ def convert_llava_checkpoint(
     force: bool = False,
     max_shard_size: str = "5GB",
     arguments: list[str] | None = None,
-) -> NevaConversionResult:
+) -> ConversionResult:
     """
     Converts a LLaVA folder into an hfmm NeVA folder (config, safetensors, processor with chat template).
 
     Args:
-        src: a transformers Llava folder (`model_type: llava`), an original LLaVA folder (`llava_llama`, ...), or a
+        src (`str` or `Path`):
+            A transformers Llava folder (`model_type: llava`), an original LLaVA folder (`llava_llama`, ...), or a
             stage-1 folder holding only `mm_projector.bin`.
-        dst: output folder; appears only once complete.
-        llm: a transformers causal-LM folder, for a projector-only `src`.
-        vision: a transformers CLIP (or CLIPVision) folder, for a `src` without the vision tower.
-        verify_outputs: compare logits with transformers' Llava (≤ 1e-5) before writing, where `src` is complete.
-        force: replace an existing `dst`.
-        max_shard_size: weights above this size are split into shards.
-        arguments: the script's command-line arguments, recorded in `conversion.json` (the card's re-runnable command).
+        dst (`str` or `Path`):
+            Output folder; appears only once complete.
+        llm (`str` or `Path`, *optional*):
+            A transformers causal-LM folder, for a projector-only `src`.
+        vision (`str` or `Path`, *optional*):
+            A transformers CLIP (or CLIPVision) folder, for a `src` without the vision tower.
+        verify_outputs (`bool`, *optional*, defaults to `True`):
+            Compare logits with transformers' Llava (≤ 1e-5) before writing, where `src` is complete.
+        force (`bool`, *optional*, defaults to `False`):
+            Replace an existing `dst`.
+        max_shard_size (`str`, *optional*, defaults to `"5GB"`):
+            Weights above this size are split into shards.
+        arguments (`list[str]`, *optional*):
+            The converter script's command-line arguments, recorded in `conversion.json` so the conversion can be
+            re-run (the model card shows the command).
     """
     check_destination(dst, force)
     src = Path(src)
@@ -477,24 +367,23 @@ def convert_llava_checkpoint(
             raise CheckpointError(f"{name} {part}: not a folder.")
     llm, vision = (Path(llm) if llm else None), (Path(vision) if vision else None)
     notes: list[str] = []
-    model_type = _read_json(src / "config.json").get("model_type") if (src / "config.json").is_file() else None
+    model_type = read_json(src / "config.json").get("model_type") if (src / "config.json").is_file() else None
     if model_type == "llava" and not _is_original(src):
         model, processor, difference = _from_transformers_llava(src, verify_outputs, notes)
     elif model_type in ORIGINAL_MODEL_TYPES or model_type is None:
         model, processor, difference = _from_original_llava(src, llm, vision, verify_outputs, notes)
     else:
         raise CheckpointError(f"{src}: model_type={model_type!r} is not a LLaVA checkpoint.")
-    provenance = dict(
-        converter="convert/llava_to_hfmm.py", source=src, notes=notes, differences=difference, arguments=arguments
-    )
+    result = ConversionResult(Path(dst), notes, differences=None if difference is None else {"logits": difference})
+    provenance = result.provenance("convert/llava_to_hfmm.py", src, arguments)
     write_model_folder(
         model, dst, processor=processor, force=force, max_shard_size=max_shard_size, provenance=provenance
     )
-    return NevaConversionResult(Path(dst), notes, difference)
+    return result
 
 
 def _is_original(src: Path) -> bool:
-    config = _read_json(src / "config.json")
+    config = read_json(src / "config.json")
     return any(key.startswith("mm_") for key in config)
 
 

@@ -1,0 +1,1 @@
+"""One module per converter command: `hfmm convert <name>` and `python convert/<module>.py` run its `run`."""
