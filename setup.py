@@ -1,4 +1,6 @@
-"""Packs `recipes/` and `model_cards/` into the wheel as `hfmm/_bundled/...`, so the CLI works from a wheel install.
+"""Packs the YAML recipes (`recipes/**/*.yaml`) and `model_cards/` into the wheel as `hfmm/_bundled/...`, so
+`hfmm train` and `hfmm demo` find them from a wheel install. The recipes' code is the package's
+(`hfmm.training.*.recipe`); the `recipes/*.py` launch scripts stay in the source checkout.
 
 Everything else is in pyproject.toml. An editable install reads them from the source checkout instead
 (`hfmm.resources`).
@@ -11,6 +13,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 BUNDLED = ("recipes", "model_cards")
+NOT_BUNDLED = shutil.ignore_patterns("__pycache__", "*.py")  # the launch scripts: their code is the package's
 
 
 class BuildPyWithData(build_py):
@@ -20,7 +23,8 @@ class BuildPyWithData(build_py):
         for name in BUNDLED:
             if (root / name).is_dir():
                 target = Path(self.build_lib) / "hfmm" / "_bundled" / name
-                shutil.copytree(root / name, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+                shutil.rmtree(target, ignore_errors=True)  # a build folder left by an earlier build
+                shutil.copytree(root / name, target, ignore=NOT_BUNDLED)
 
 
 setup(cmdclass={"build_py": BuildPyWithData})

@@ -58,8 +58,8 @@ from webdataset.tariterators import tar_file_expander, url_opener
 from hfmm import HfmmCLIPConfig
 from hfmm.models.clip.processing_clip import HfmmCLIPProcessor
 from hfmm.models.neva.processing_neva import NevaProcessor
-from hfmm.training.arguments import CLIPDataArguments
-from hfmm.training.data import (
+from hfmm.training.clip.arguments import CLIPDataArguments
+from hfmm.training.clip.data import (
     STREAMING_SHUFFLE_BUFFER,
     TRANSFORM_BATCH,
     WEBDATASET_IMAGE_KEYS,
@@ -70,7 +70,7 @@ from hfmm.training.data import (
     build_train_dataset,
     train_image_transform,
 )
-from hfmm.training.neva_data import NevaCollator, build_conversation_dataset
+from hfmm.training.neva.data import NevaCollator, build_conversation_dataset
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -352,7 +352,8 @@ def _steps() -> dict[str, list]:
     from torchvision import transforms as T
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-    from hfmm.training import data, neva_data
+    from hfmm.training.clip import data
+    from hfmm.training.neva import data as neva_data
 
     return {
         "JPEG decode (`Image.open` + `load`)": [Image.open, ImageFile.ImageFile.load],

@@ -18,8 +18,8 @@ import open_clip
 import torch
 
 import hfmm
-from hfmm.conversion.open_clip import config_from_open_clip, convert_open_clip_state_dict
-from hfmm.conversion.transformers_clip import to_transformers_model
+from hfmm.conversion.open_clip.mapping import config_from_open_clip, convert_open_clip_state_dict
+from hfmm.conversion.transformers.clip_mapping import to_transformers_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,9 +41,9 @@ main(sys.argv[2:])
 HFMM_RUN = """
 import sys, torch
 from PIL import Image
-from transformers import TrainingArguments
-from hfmm.training.models import preset_config
-from hfmm.training.trainer import CLIPTrainer
+from hfmm.training.clip.arguments import CLIPTrainingArguments
+from hfmm.training.clip.model import preset_config
+from hfmm.training.clip.trainer import CLIPTrainer
 from hfmm.models.clip import HfmmCLIPModel
 from hfmm.models.clip.processing_clip import HfmmCLIPProcessor
 
@@ -63,10 +63,10 @@ class Synthetic(torch.utils.data.Dataset):  # OpenCLIP's SyntheticDataset, throu
         return {"pixel_values": pixels, "input_ids": ids}
 
 torch.manual_seed(0)
-args = TrainingArguments(output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=batch,
-                         max_steps=steps, learning_rate=5e-4, weight_decay=0.2, adam_beta2=0.98, warmup_steps=2,
-                         max_grad_norm=0.0, dataloader_drop_last=True, save_strategy="no", logging_steps=1000,
-                         remove_unused_columns=False, disable_tqdm=True)
+args = CLIPTrainingArguments(output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=batch,
+                             max_steps=steps, learning_rate=5e-4, weight_decay=0.2, adam_beta2=0.98, warmup_steps=2,
+                             max_grad_norm=0.0, dataloader_drop_last=True, save_strategy="no", logging_steps=1000,
+                             remove_unused_columns=False, disable_tqdm=True)
 CLIPTrainer(model=HfmmCLIPModel(config), args=args, train_dataset=Synthetic()).train()
 """
 

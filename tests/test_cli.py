@@ -148,14 +148,10 @@ def test_missing_local_model_is_one_line_at_once(path, tmp_path, monkeypatch, ca
 
 
 def test_recipe_model_paths_are_checked(tmp_path, monkeypatch):
-    from hfmm.training.arguments import (
-        CLIPModelArguments,
-        NevaModelArguments,
-        RecipeError,
-        check_model_paths,
-        looks_local,
-    )
+    from hfmm.training.arguments import RecipeError, check_model_paths, looks_local
+    from hfmm.training.clip.arguments import CLIPModelArguments
     from hfmm.training.clip.model import load_model_and_processor
+    from hfmm.training.neva.arguments import NevaModelArguments
 
     monkeypatch.chdir(tmp_path)
     assert not looks_local("openai/clip-vit-base-patch32") and not looks_local("gpt2")

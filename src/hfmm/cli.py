@@ -72,13 +72,13 @@ def zero_shot(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForZeroShotImageClassification, AutoProcessor
 
-    from hfmm.evaluation import _load_images
+    from hfmm.evaluation import load_images
 
     if not args.label:
         raise ValueError("Give at least one --label.")
     check_model(args.model, CLIP_KIND)
     files = image_files(args.images)
-    images, kept = _load_images(files)  # a warning per unreadable file, as `hfmm eval`
+    images, kept = load_images(files)  # a warning per unreadable file, as `hfmm eval`
     if not images:
         raise ValueError(f"None of the {len(files)} image(s) given could be read.")
     processor = AutoProcessor.from_pretrained(args.model)
@@ -187,7 +187,7 @@ def card(args: argparse.Namespace) -> int:
 
 
 def push(args: argparse.Namespace) -> int:
-    from hfmm.hub.cards import PushError, push
+    from hfmm.hub.push import PushError, push
 
     try:
         result = push(

@@ -1,6 +1,5 @@
 """Where hfmm's recipes and model-card templates are: inside the installed wheel, or in the source checkout."""
 
-import importlib.util
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -14,18 +13,10 @@ def _bundled(name: str) -> Path:
 
 
 def recipes_dir() -> Path:
-    """The folder of `clip_pretrain.py`, `neva_stage*.py` and their YAML recipes."""
+    """The folder of the YAML recipes (`clip/*.yaml`, `neva/*.yaml`, `accelerate/*.yaml`)."""
     return _bundled("recipes")
 
 
 def model_cards_dir() -> Path:
     """The folder of the model-card Jinja templates."""
     return _bundled("model_cards")
-
-
-def recipe_main(name: str):
-    """`main` of `recipes/<name>.py`: the demos run the real recipe scripts, not copies of them."""
-    spec = importlib.util.spec_from_file_location(name, recipes_dir() / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main

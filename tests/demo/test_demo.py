@@ -22,8 +22,8 @@ def test_short_neva_demo_answers_colour_questions(tmp_path, capsys):
     stages = [line for line in capsys.readouterr().out.splitlines() if line.startswith("==> ")]
     assert [line.split(":")[0] for line in stages] == [
         f"==> building the parts into {tmp_path / 'parts'}",
-        "==> stage 1 of 2, feature alignment (recipes/neva_stage1.py)",
-        "==> stage 2 of 2, fine-tuning (recipes/neva_stage2.py)",
+        "==> stage 1 of 2, feature alignment (hfmm train neva-stage1)",
+        "==> stage 2 of 2, fine-tuning (hfmm train neva-stage2)",
         "==> evaluating",
     ]  # which step runs, before each long silent one (issue 15, item 13)
     assert report["accuracy"] >= 0.5  # chance: 1/8

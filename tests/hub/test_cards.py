@@ -1,7 +1,6 @@
 """Model cards: rendered from a converted CLIP, a trained CLIP with eval results and a NeVA; front matter and
 `model-index` read back; the usage snippet runs with transformers alone on exactly the files a push would upload."""
 
-import importlib.util
 import json
 import re
 import shutil
@@ -18,20 +17,16 @@ from reference_models import open_clip_model
 from safetensors.torch import save_file
 
 from hfmm.cli import main as hfmm_main
+from hfmm.conversion.commands import open_clip_to_hfmm
 from hfmm.conversion.open_clip.checkpoint import convert_open_clip_checkpoint
 from hfmm.demo.synthetic import make_colour_imagefolder, make_shapes_dataset
 from hfmm.evaluation import run_eval
-from hfmm.hub.cards import CardError, card_title, load_eval_report, push, render_card, upload_plan, write_card
+from hfmm.hub.cards import CardError, card_title, load_eval_report, render_card, write_card
+from hfmm.hub.push import push
+from hfmm.training.clip import recipe as clip_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK_HFMM = 'import sys\nsys.modules["hfmm"] = None  # installed here: make sure nothing imports it\n'
-
-
-def load_recipe_main(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def model_index_values(card: ModelCard) -> dict:
@@ -51,7 +46,7 @@ def eval_values(report: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def trained_clip(tmp_path_factory) -> tuple[Path, Path, dict]:
-    """Two steps of `recipes/clip_pretrain.py` on generated shapes, then `hfmm eval` zero-shot and retrieval."""
+    """Two steps of `hfmm train clip` on generated shapes, then `hfmm eval` zero-shot and retrieval."""
     root = tmp_path_factory.mktemp("trained")
     pairs = make_shapes_dataset(root / "data", 16, seed=0, split="train")
     colours = make_colour_imagefolder(root / "data" / "colours", 16, seed=1)
@@ -60,7 +55,7 @@ def trained_clip(tmp_path_factory) -> tuple[Path, Path, dict]:
             "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                             "num_attention_heads": 4}}  # fmt: skip
     out = root / "model"
-    load_recipe_main("clip_pretrain")(
+    clip_recipe.main(
         [
             "--config",
             str(ROOT / "recipes" / "clip" / "tiny_demo.yaml"),
@@ -211,39 +206,10 @@ def test_neva_snippet_runs_with_transformers_alone(tmp_path):
     assert "generated_text" in result.stdout  # the pipeline answered (a tiny random model: any text)
 
 
-def test_upload_plan_needs_a_model_folder(tmp_path):
-    with pytest.raises(CardError, match="not a saved model folder"):
-        upload_plan(tmp_path)
-
-
 def test_snippet_of_a_card_is_valid_python():
     for name in ("clip.md", "neva.md"):
         text = (ROOT / "model_cards" / name).read_text()
         compile(textwrap.dedent(python_block(text)).replace("{{ repo_id }}", "x"), name, "exec")
-
-
-def test_native_export_push_plans(tmp_path):
-    """`--format transformers`: a NeVA goes up as transformers' Llava (no remote code); a ConvNeXt CLIP, which
-    `CLIPModel` cannot hold, is refused with the reason and nothing else happens."""
-    from conftest import tiny_clip_config
-
-    from hfmm import HfmmCLIPModel
-    from hfmm.conversion.common.verification import clip_processor
-
-    folder = save_tiny_neva(tmp_path / "neva")
-    files = push(folder, "org/tiny-neva", fmt="transformers", dry_run=True).files
-    assert "README.md" in files and "model.safetensors" in files and not any(f.endswith(".py") for f in files)
-    convnext = tiny_clip_config(vision={"model_type": "hfmm_convnext_vision_model", "timm_model_name": "convnext_atto",
-                                        "hidden_size": 320, "image_size": 32})  # fmt: skip
-    model = HfmmCLIPModel(convnext)
-    model.save_pretrained(tmp_path / "convnext")
-    clip_processor(model.config).save_pretrained(tmp_path / "convnext")
-    with pytest.raises(CardError, match="no native transformers form.*hfmm_convnext_vision_model image tower"):
-        push(tmp_path / "convnext", "org/convnext", fmt="transformers", dry_run=True)
-    assert (
-        hfmm_main(["push", str(tmp_path / "convnext"), "--repo", "org/c", "--format", "transformers", "--dry-run"])
-        == 2
-    )
 
 
 def test_converted_card_shows_the_exact_rerunnable_command(tmp_path):
@@ -255,12 +221,8 @@ def test_converted_card_shows_the_exact_rerunnable_command(tmp_path):
     src.mkdir()
     (src / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, src / "open_clip_model.safetensors")
-    script = Path(__file__).resolve().parents[2] / "convert" / "open_clip_to_hfmm.py"
-    spec = importlib.util.spec_from_file_location("open_clip_to_hfmm", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     argv = [str(src), str(tmp_path / "converted"), "--no-quick-gelu", "--max-shard-size", "2GB"]
-    assert module.main(argv) == 0
+    assert open_clip_to_hfmm.main(argv) == 0  # the body of convert/open_clip_to_hfmm.py
     record = json.loads((tmp_path / "converted" / "conversion.json").read_text())
     assert record["arguments"] == argv
     text = str(render_card(tmp_path / "converted"))

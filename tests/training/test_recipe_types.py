@@ -5,20 +5,14 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from transformers import TrainingArguments
 
-from hfmm.training.arguments import (
-    CLIPDataArguments,
-    CLIPModelArguments,
-    NevaDataArguments,
-    NevaModelArguments,
-    RecipeError,
-    parse_recipe,
-)
+from hfmm.training.arguments import RecipeError, parse_recipe
+from hfmm.training.clip.arguments import CLIPDataArguments, CLIPModelArguments, CLIPTrainingArguments
+from hfmm.training.neva.arguments import NevaDataArguments, NevaModelArguments, NevaTrainingArguments
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-CLIP = (CLIPModelArguments, CLIPDataArguments, TrainingArguments)
-NEVA = (NevaModelArguments, NevaDataArguments, TrainingArguments)
+CLIP = (CLIPModelArguments, CLIPDataArguments, CLIPTrainingArguments)
+NEVA = (NevaModelArguments, NevaDataArguments, NevaTrainingArguments)
 
 
 def _recipe(tmp_path, text: str) -> Path:
@@ -113,3 +107,54 @@ def test_literal_fields_and_optional_nested_dataclasses(tmp_path):
 def test_every_shipped_recipe_passes_the_checker(recipe):
     classes = CLIP if recipe.parent.name == "clip" else NEVA
     parse_recipe(classes, recipe, ["--use_cpu", "true", "--bf16", "false"])
+
+
+CHOICES = [
+    (CLIP, "loss", "infonce", "'clip' | 'siglip'"),
+    (CLIP, "loss_mode", "allreduce", "'auto' | 'local' | 'gather' | 'ring'"),
+    (CLIP, "data_format", "parquet", "'auto' | 'csv' | 'jsonl' | 'webdataset' | 'imagefolder'"),
+    (CLIP, "dtype", "int8", "'float32' | 'bfloat16' | 'float16' | 'float64'"),
+    (NEVA, "projector_type", "mlp3x_gelu", "'linear' | 'mlp2x_gelu'"),
+    (NEVA, "conv_template", "chatml", "'nvgpt' | 'llama_2' | 'v1' | 'plain'"),
+    (NEVA, "dtype", "half", "'float32' | 'bfloat16' | 'float16' | 'float64'"),
+    (NEVA, "quantization.bnb_4bit_quant_type", "int4", "'nf4' | 'fp4'"),
+]
+
+
+@pytest.mark.parametrize("classes, key, value, allowed", CHOICES, ids=[f"{case[1]}={case[2]}" for case in CHOICES])
+def test_bad_choice_is_one_line_naming_the_allowed_values(tmp_path, classes, key, value, allowed):
+    path = _recipe(tmp_path, "") if classes is CLIP else tmp_path / "neva.yaml"
+    if classes is NEVA:
+        path.write_text("language_model: lm\nvision_tower: vt\nlora: {r: 4}\n")
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(classes, path, [f"--{key}", value])
+    assert str(error.value) == f"Recipe key {key} has value {value!r}; expected {allowed}."
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda tmp: CLIPTrainingArguments(tmp, loss="infonce"), r"key loss has value 'infonce'; expected 'clip' \|"),
+        (
+            lambda tmp: CLIPDataArguments(data_format="parquet"),
+            r"key data_format has value 'parquet'; expected 'auto'",
+        ),
+        (lambda tmp: NevaModelArguments(dtype="half"), r"key dtype has value 'half'; expected 'float32' \|"),
+    ],
+)
+def test_bad_choice_from_python_is_the_same_error(tmp_path, build, message):
+    with pytest.raises(RecipeError, match=message):
+        build(str(tmp_path))
+
+
+def test_choices_match_the_library():
+    """The `Literal` choices copy what the library accepts: loss modes, projector kinds and chat templates."""
+    from typing import get_args, get_type_hints
+
+    from hfmm.losses import MODES
+    from hfmm.models.neva.configuration_neva import PROJECTOR_TYPES
+    from hfmm.models.neva.processing_neva import CHAT_TEMPLATES
+
+    assert get_args(get_type_hints(CLIPTrainingArguments)["loss_mode"]) == MODES
+    assert get_args(get_type_hints(NevaModelArguments)["projector_type"]) == PROJECTOR_TYPES
+    assert get_args(get_type_hints(NevaModelArguments)["conv_template"]) == CHAT_TEMPLATES

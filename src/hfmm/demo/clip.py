@@ -1,8 +1,8 @@
 """`hfmm demo` / `make demo`: a tiny CLIP that learns, end to end, on 2 CPU cores in a few minutes.
 
 1. render captioned coloured shapes with Pillow (train), and held-out images for evaluation;
-2. train a tiny CLIP with the exact tiled loss through the real recipe entry point (`recipes/clip_pretrain.py`
-   with `recipes/clip/tiny_demo.yaml`) and transformers' Trainer (its progress bar shows);
+2. train a tiny CLIP with the exact tiled loss through the real recipe (`hfmm train clip`, i.e.
+   `hfmm.training.clip.recipe`, with `recipes/clip/tiny_demo.yaml`) and transformers' Trainer (its progress bar shows);
 3. reload the saved folder through the Auto classes and classify held-out images zero-shot with
    `pipeline("zero-shot-image-classification")`, then run `hfmm eval` (template-averaged zero-shot top-1/top-5,
    image-text retrieval recall) and save its JSON beside the model.
@@ -18,7 +18,8 @@ from transformers import pipeline
 
 from hfmm.demo.synthetic import COLOURS, ZERO_SHOT_TEMPLATES, make_colour_imagefolder, make_shapes_dataset
 from hfmm.evaluation import run_eval
-from hfmm.resources import recipe_main, recipes_dir
+from hfmm.resources import recipes_dir
+from hfmm.training.clip import recipe
 
 
 def make_data(data: Path, n_train: int, n_eval: int) -> dict[str, Path]:
@@ -57,7 +58,7 @@ def run_clip_demo(out: Path, *, n_train: int = 2000, n_eval: int = 400, epochs: 
     overrides = ["--train_data", str(paths["train"]), "--output_dir", str(model_dir)]
     if epochs is not None:
         overrides += ["--num_train_epochs", str(epochs)]
-    recipe_main("clip_pretrain")(["--config", str(recipes_dir() / "clip" / "tiny_demo.yaml"), *overrides])
+    recipe.main(["--config", str(recipes_dir() / "clip" / "tiny_demo.yaml"), *overrides])
 
     template = "a {} square"
     accuracy = pipeline_accuracy(model_dir, paths["colours"], template)

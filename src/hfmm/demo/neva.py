@@ -4,7 +4,7 @@
    captions for stage 1, questions with their answers for stage 2;
 2. build the parts: a fresh tiny CLIP vision tower, a fresh tiny LLaMA and a byte-level BPE tokenizer trained on the
    demo's own text with `tokenizers`;
-3. run the real recipes, `recipes/neva_stage1.py` (projector only, `plain` template) then `recipes/neva_stage2.py`
+3. run the real recipes, `hfmm train neva-stage1` (projector only, `plain` template) then `hfmm train neva-stage2`
    (projector + language model, `v1` template), with `recipes/neva/tiny_demo_stage{1,2}.yaml`;
 4. `hfmm eval --task vqa` on the held-out questions: the saved NeVA answers each through its chat template with greedy
    decoding, scored by normalised exact match (chance: 1 / 8 colours); the eval JSON is saved beside the model.
@@ -28,7 +28,8 @@ from transformers import (
 from hfmm.demo.synthetic import COLOURS, IMAGE_SIZE, make_shapes_dataset
 from hfmm.evaluation import run_eval
 from hfmm.models.neva.processing_neva import NevaProcessor
-from hfmm.resources import recipe_main, recipes_dir
+from hfmm.resources import recipes_dir
+from hfmm.training.neva import recipe
 
 QUESTION = "What colour is the shape?"
 
@@ -127,10 +128,10 @@ def run_neva_demo(
         first += ["--num_train_epochs", str(epochs[0])]
         second += ["--num_train_epochs", str(epochs[1])]
     recipes = recipes_dir() / "neva"
-    _stage(f"stage 1 of 2, feature alignment (recipes/neva_stage1.py): training the projector into {stage1_out}")
-    stage1 = recipe_main("neva_stage1")(["--config", str(recipes / "tiny_demo_stage1.yaml"), *first])
-    _stage(f"stage 2 of 2, fine-tuning (recipes/neva_stage2.py): projector + language model into {stage2_out}")
-    stage2 = recipe_main("neva_stage2")(["--config", str(recipes / "tiny_demo_stage2.yaml"), *second])
+    _stage(f"stage 1 of 2, feature alignment (hfmm train neva-stage1): training the projector into {stage1_out}")
+    stage1 = recipe.main(["--config", str(recipes / "tiny_demo_stage1.yaml"), *first], stage=1)
+    _stage(f"stage 2 of 2, fine-tuning (hfmm train neva-stage2): projector + language model into {stage2_out}")
+    stage2 = recipe.main(["--config", str(recipes / "tiny_demo_stage2.yaml"), *second], stage=2)
     _stage(f"evaluating: greedy answers to {n_eval} held-out questions (hfmm eval --task vqa)")
     report = run_eval(stage2_out, [("vqa", paths["held_out"])], output=stage2_out / "eval.json", progress=False)
     accuracy = report["results"][0]["metrics"]["exact_match"]

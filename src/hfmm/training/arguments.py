@@ -1,64 +1,37 @@
-"""Recipe arguments: dataclasses whose fields are the YAML keys, and the YAML + `--key value` parser.
+"""The recipe parser: a YAML file plus `--key value` overrides, type-checked into the recipe's dataclasses.
 
-A recipe file has top-level keys mapping 1:1 onto the fields of the dataclasses given to `parse_recipe`
-(transformers' `TrainingArguments` plus hfmm's model/data arguments); a nested section such as `lora:` maps onto a
-nested dataclass field. An unknown key is an error naming it. Command-line `--key value` (or `--section.key value`)
-overrides a key of the file; values are parsed as YAML scalars (`--bf16 true`, `--learning_rate 1e-4`).
+A recipe file has top-level keys mapping 1:1 onto the fields of the dataclasses given to `parse_recipe` (the model
+and data arguments of `hfmm.training.clip.arguments` or `hfmm.training.neva.arguments`, and their
+`TrainingArguments` subclass); a nested section such as `lora:` maps onto a nested dataclass field. An unknown key is
+an error naming it. Command-line `--key value` (or `--section.key value`) overrides a key of the file; values are
+parsed as YAML scalars (`--bf16 true`, `--learning_rate 1e-4`). Every value is checked against its field's
+annotation before anything is built; a choice is a `Literal[...]` annotation, and a value outside it is the same
+one-line `RecipeError` naming the allowed values whether it comes from a recipe or from Python (`check_choices`).
+
+Also here: what both models' recipes share, the parameter dtypes (`ParameterDtype`) and the check that a local model
+folder exists before transformers takes its path for a Hub id.
 """
 
 import dataclasses
 import enum
+import functools
+import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-
-
-@dataclasses.dataclass
-class CLIPModelArguments:
-    """Which CLIP to train and how its loss is computed."""
-
-    model_name_or_path: str | None = None  # an hfmm/transformers CLIP folder to start from, or None for `preset`
-    preset: str | None = None  # an hfmm architecture preset (random init) when model_name_or_path is None
-    config_overrides: dict | None = None  # keys merged into the preset's config, e.g. {"text_config": {...}}
-    loss: str = "clip"  # "clip" (softmax InfoNCE) or "siglip" (sigmoid)
-    loss_mode: str = "auto"  # hfmm.losses mode: auto | local | gather | ring
-    loss_tile_size: int | None = None  # tile of the tiled loss; None picks hfmm's default
-    grad_cache_chunk_size: int | None = (
-        None  # GradCache: embed the device (= contrastive) batch in chunks of this size
-    )
-    max_logit_scale: float = 100.0  # the logit scale multiplier is clamped to [1, this] after each optimizer step
-    dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | float16 | float64 (autocast is `bf16: true`)
-
-
-@dataclasses.dataclass
-class CLIPDataArguments:
-    """Where the image-text pairs come from and how images are augmented."""
-
-    train_data: str | None = None  # CSV/JSONL file, webdataset .tar shard(s) (a glob or folder) or an imagefolder
-    eval_data: str | None = None  # same formats, for the eval loss
-    data_format: str = "auto"  # auto | csv | jsonl | webdataset | imagefolder
-    image_column: str = "image"  # column holding image paths (CSV/JSONL; relative to the file's folder)
-    caption_column: str = "caption"  # column holding captions
-    csv_separator: str = ","  # OpenCLIP's CSVs use "\t"
-    streaming: bool = False  # stream large datasets instead of loading them into memory
-    dataset_resampled: bool = False  # webdataset streaming: draw shards with replacement per reader (OpenCLIP)
-    train_num_samples: int | None = None  # samples per epoch (OpenCLIP); sets max_steps when it is unset
-    max_train_samples: int | None = None  # truncate the training set (debugging, tests)
-    rrc_scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop scale range (OpenCLIP aug_cfg `scale`)
-    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
-    re_prob: float = 0.0  # random erasing probability (OpenCLIP aug_cfg `re_prob`)
-    re_count: int = 1  # random erasing count
-    zero_shot_eval_data: str | None = None  # imagefolder of class folders, evaluated zero-shot at each evaluation
-    zero_shot_templates: list[str] | None = None  # prompt templates ("a photo of a {}."), averaged per class
 
 
 class RecipeError(ValueError):
     """A recipe key or value that does not fit the recipe's dataclasses."""
 
 
+ParameterDtype = Literal["float32", "bfloat16", "float16", "float64"]  # a recipe's `dtype` (autocast is `bf16: true`)
+
+
+@functools.cache
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
@@ -164,6 +137,22 @@ def _checked(annotation, value, key: str):
     return fitted
 
 
+def _has_choices(annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        return any(_has_choices(arg) for arg in typing.get_args(annotation))
+    return origin is typing.Literal
+
+
+def check_choices(arguments) -> None:
+    """Raises `RecipeError` (a `ValueError`) for a field of the dataclass `arguments` whose value is not one of its
+    `Literal[...]` choices: the argument dataclasses call it from `__post_init__`, so Python callers get the message
+    a recipe gets."""
+    for name, annotation in _field_types(type(arguments)).items():
+        if _has_choices(annotation):
+            _checked(annotation, getattr(arguments, name), name)
+
+
 def _parse_override(raw: str) -> Any:
     try:
         value = yaml.safe_load(raw)
@@ -208,6 +197,16 @@ def _build(cls, values: dict, where: str, prefix: str = ""):
         raise RecipeError(f"Invalid value in {where}: {error}") from error
 
 
+def parse_recipe_argv(classes: tuple[type, ...], argv: list[str]) -> tuple:
+    """`parse_recipe` on a command line `--config RECIPE.yaml [--key value ...]`; returns the instances, then the
+    recipe's path."""
+    if "--config" not in argv or argv.index("--config") == len(argv) - 1:
+        raise RecipeError(f"usage: {Path(sys.argv[0]).name} --config RECIPE.yaml [--key value ...]")
+    index = argv.index("--config")
+    config_file, overrides = argv[index + 1], argv[:index] + argv[index + 2 :]
+    return *parse_recipe(classes, config_file, overrides), config_file
+
+
 def parse_recipe(classes: tuple[type, ...], config_file: str | Path | None, argv: list[str] = ()) -> tuple:
     """Builds one instance of each dataclass in `classes` from a YAML recipe plus command-line overrides.
 
@@ -233,63 +232,6 @@ def parse_recipe(classes: tuple[type, ...], config_file: str | Path | None, argv
     for key, value in config.items():
         per_class[owners[key]][key] = value
     return tuple(_build(cls, per_class[cls], cls.__name__) for cls in classes)
-
-
-@dataclasses.dataclass
-class LoraArguments:
-    """PEFT LoRA on the language model's attention and MLP projections (the `lora:` section of a NeVA recipe)."""
-
-    r: int = 128  # adapter rank (LLaVA-1.5: 128)
-    alpha: int = 256  # scaling numerator: the update is scaled by alpha / r (LLaVA-1.5: 256)
-    dropout: float = 0.05  # dropout on the adapter input
-    target_modules: list[str] = dataclasses.field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )  # projection names inside the language model's layers (vision tower and projector are never targeted)
-    merge_on_save: bool = True  # save the merged full model (else the adapters only)
-
-
-@dataclasses.dataclass
-class QuantizationArguments:
-    """4-bit base model for QLoRA through bitsandbytes (the `quantization:` section; needs `lora:`)."""
-
-    load_in_4bit: bool = True  # 4-bit NF4 weights for the language model (vision tower, projector, lm_head stay full)
-    bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
-    bnb_4bit_compute_dtype: str = "bfloat16"  # dtype of the 4-bit matmuls (float32 on CPU tests)
-    bnb_4bit_use_double_quant: bool = True  # quantise the quantisation constants too
-
-
-@dataclasses.dataclass
-class NevaModelArguments:
-    """Which NeVA to train: assembled from parts (stage 1) or loaded (stage 2), and what is trained."""
-
-    model_name_or_path: str | None = None  # a NeVA folder (e.g. stage 1's output); else assembled from the parts below
-    vision_tower: str | None = None  # a transformers CLIP (or CLIPVision) folder
-    language_model: str | None = None  # a transformers causal-LM folder with its tokenizer
-    projector_type: str = "mlp2x_gelu"  # linear | mlp2x_gelu (a fresh projector when assembling)
-    vision_feature_layer: int = -2  # vision hidden state the projector reads
-    conv_template: str = "v1"  # chat template: nvgpt | llama_2 | v1 | plain
-    pretrained_projector: str | None = None  # stage 1's projector.safetensors, loaded into the projector
-    freeze_vision_tower: bool = True  # both NeVA stages keep the vision tower frozen
-    freeze_language_model: bool = False  # stage 1: True (only the projector trains)
-    projector_lr: float | None = None  # a separate learning rate for the projector (stage 2 with LoRA: 2e-5)
-    lora: LoraArguments | None = None  # a `lora:` section turns on PEFT LoRA on the language model
-    quantization: QuantizationArguments | None = None  # a `quantization:` section loads the base in 4 bits (QLoRA)
-    dtype: str = "float32"  # parameter dtype: float32 | bfloat16 | float16 | float64 (autocast is `bf16: true`)
-
-    def __post_init__(self):
-        from .models import parameter_dtype  # torch and the model classes load only when a recipe is parsed
-
-        parameter_dtype(self.dtype)  # a ValueError naming the allowed dtypes, at parse time rather than at load time
-
-
-@dataclasses.dataclass
-class NevaDataArguments:
-    """LLaVA-style conversation data."""
-
-    train_data: str | None = None  # LLaVA JSON list or JSON lines: {"id", "image", "conversations": [...]}
-    image_folder: str | None = None  # folder the `image` paths are relative to
-    model_max_length: int | None = None  # truncate longer samples (counted); None: the tokenizer's
-    group_by_modality_length: bool = False  # batches of one modality (image or text-only), similar lengths (LLaVA)
 
 
 # --- local model paths ----------------------------------------------------------------------------------------------

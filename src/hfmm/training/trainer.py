@@ -1,4 +1,5 @@
-"""What hfmm's trainers share: hfmm's model card, and a saved model that is always a plain, loadable folder.
+"""What hfmm's trainers share: their own arguments class, the skipped-sample counts in the logs, the run's record and
+hfmm's model card, and a saved model that is always a plain, loadable folder.
 
 Whatever wraps the model while it trains (DDP, `torch.compile`, FSDP2), `save_model` writes what `save_pretrained`
 of the model's own class writes: its config, weights, modeling files and `auto_map`. FSDP2 needs care twice over:
@@ -11,10 +12,13 @@ resuming reads.
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
+
+from hfmm.hub.record import record_training_run
 
 
 def own_class(model: torch.nn.Module) -> type:
@@ -44,7 +48,42 @@ def gathered_state_dict(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 class HfmmTrainer(Trainer):
-    """`Trainer` whose `save_model` writes a plain folder whatever wraps the model, and whose card is hfmm's."""
+    """`Trainer` whose settings are its own `TrainingArguments` subclass (`args_class`), whose logs count the samples
+    the collator skipped, whose card is hfmm's, and whose `save_model` writes a plain folder whatever wraps the model.
+
+    Args:
+        model (`PreTrainedModel`):
+            The model to train.
+        args (`args_class`, *optional*):
+            Transformers' settings plus the subclass's own (`CLIPTrainingArguments`, `NevaTrainingArguments`);
+            defaults to `args_class(output_dir="trainer_output")`, as `Trainer` does.
+        **kwargs:
+            Passed to [`~transformers.Trainer`].
+    """
+
+    args_class: type[TrainingArguments] = TrainingArguments
+
+    def __init__(self, model=None, args: TrainingArguments | None = None, **kwargs):
+        args = self.args_class(output_dir="trainer_output") if args is None else args
+        if not isinstance(args, self.args_class):
+            raise TypeError(
+                f"{type(self).__name__} reads its settings from a {self.args_class.__name__}, got {type(args).__name__}."
+            )
+        super().__init__(model, args, **kwargs)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Adds the samples the collator skipped so far (its `skipped` counts by reason) to the training logs:
+        `skipped_samples` in all, and `skipped_<reason>` for each reason that occurred."""
+        skipped = getattr(self.data_collator, "skipped", None)  # CLIPCollator's and NevaCollator's; not the default's
+        if skipped is not None and "loss" in logs:
+            counts = {f"skipped_{reason}": float(count) for reason, count in skipped.items() if count}
+            logs = {**logs, "skipped_samples": float(sum(skipped.values())), **counts}
+        super().log(logs, *args, **kwargs)
+
+    def record_run(self, datasets: list[str] | None = None, recipe: str | Path | None = None) -> Path | None:
+        """Writes the run's record (`training_run.json`, and the recipe as `recipe.yaml`) into `output_dir`, on the
+        main process. The card is rendered from it: call it before `save_model` or a push."""
+        return record_training_run(self, self.args.output_dir, datasets, recipe)
 
     def create_model_card(self, **kwargs) -> None:
         """hfmm's card (config, training run, eval results) instead of the generic one: `push_to_hub` uploads it."""

@@ -13,14 +13,12 @@ import os
 import sys
 from pathlib import Path
 
-from transformers import TrainingArguments
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from conftest import tiny_clip_config  # noqa: E402
 
 from hfmm import HfmmCLIPModel  # noqa: E402
 from hfmm.models.clip.processing_clip import HfmmCLIPProcessor  # noqa: E402
-from hfmm.training.arguments import CLIPDataArguments  # noqa: E402
+from hfmm.training.clip.arguments import CLIPDataArguments, CLIPTrainingArguments  # noqa: E402
 from hfmm.training.clip.data import CLIPCollator, build_train_dataset, configure_streaming  # noqa: E402
 from hfmm.training.clip.trainer import CLIPTrainer  # noqa: E402
 
@@ -61,7 +59,7 @@ def main() -> None:
     parser.add_argument("--crash-after", type=int, default=None)
     parser.add_argument("--resume", default=None)
     opts = parser.parse_args()
-    args = TrainingArguments(
+    args = CLIPTrainingArguments(
         output_dir=str(opts.out / "run"),
         use_cpu=True,
         report_to=[],

@@ -13,12 +13,13 @@ import pytest
 import torch
 from conftest import clip_batch, tiny_clip_config
 from fsdp_launch import ROOT
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
 from hfmm import HfmmCLIPModel
 from hfmm.demo.synthetic import make_shapes_dataset
 from hfmm.losses import clip_loss
-from hfmm.training import trainer as trainer_module
+from hfmm.training.clip import trainer as trainer_module
+from hfmm.training.clip.arguments import CLIPTrainingArguments
 from hfmm.training.clip.trainer import CLIPTrainer
 
 DEVICES = [
@@ -61,14 +62,13 @@ def first_step(tmp_path, monkeypatch, device: str, bf16: bool, grad_cache: int |
     model = HfmmCLIPModel(tiny_clip_config())
     activations = set()
     model.text_model.encoder.layers[0].mlp.fc1.register_forward_hook(lambda m, i, o: activations.add(o.dtype))
-    args = TrainingArguments(
+    args = CLIPTrainingArguments(
         output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=32, max_steps=1, bf16=bf16,
         use_cpu=device == "cpu", save_strategy="no", remove_unused_columns=False, disable_tqdm=True, seed=0,
+        grad_cache_chunk_size=grad_cache,
     )  # fmt: skip
     recorder = _FirstGradients()
-    trainer = CLIPTrainer(
-        model=model, args=args, train_dataset=_Pairs(), grad_cache_chunk_size=grad_cache, callbacks=[recorder]
-    )
+    trainer = CLIPTrainer(model=model, args=args, train_dataset=_Pairs(), callbacks=[recorder])
     trainer.train()
     assert next(model.parameters()).device.type == device
     return recorder.grads, activations, loss_inputs

@@ -1,22 +1,21 @@
-"""Every CLIP recipe parses, and runs two steps through the real recipe script with a tiny-model override."""
+"""Every CLIP recipe parses, and runs two steps through the package's recipe with a tiny-model override."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
-from transformers import AutoModel, TrainingArguments
+from transformers import AutoModel
 
 from hfmm.demo.synthetic import make_shapes_dataset
-from hfmm.training.arguments import CLIPDataArguments, CLIPModelArguments, RecipeError, parse_recipe
+from hfmm.training.arguments import RecipeError, parse_recipe
+from hfmm.training.clip import recipe as clip_recipe
+from hfmm.training.clip.arguments import CLIPDataArguments, CLIPModelArguments, CLIPTrainingArguments
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 YAMLS = sorted((RECIPES / "clip").glob("*.yaml"))
-spec = importlib.util.spec_from_file_location("clip_pretrain", RECIPES / "clip_pretrain.py")
-clip_pretrain = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(clip_pretrain)
+CLASSES = (CLIPModelArguments, CLIPDataArguments, CLIPTrainingArguments)
 
 TINY_VIT = {
     "projection_dim": 16,
@@ -39,9 +38,7 @@ def test_every_recipe_key_is_known():
         "convnext_xxlarge_laion2b.yaml", "vit_b32_laion400m.yaml", "vit_l14_laion2b.yaml", "tiny_demo.yaml"
     }  # fmt: skip
     for path in YAMLS:
-        model_args, data_args, training_args = parse_recipe(
-            (CLIPModelArguments, CLIPDataArguments, TrainingArguments), path, ["--use_cpu", "true", "--bf16", "false"]
-        )
+        model_args, data_args, training_args = parse_recipe(CLASSES, path, ["--use_cpu", "true", "--bf16", "false"])
         assert model_args.preset and data_args.train_data and training_args.per_device_train_batch_size > 0
 
 
@@ -53,11 +50,10 @@ def test_every_recipe_key_has_a_comment():
 
 
 def test_unknown_key_and_bad_override_are_errors(tmp_path):
-    classes = (CLIPModelArguments, CLIPDataArguments, TrainingArguments)
     with pytest.raises(RecipeError, match="learning_rat"):
-        parse_recipe(classes, YAMLS[0], ["--learning_rat", "1e-3"])
+        parse_recipe(CLASSES, YAMLS[0], ["--learning_rat", "1e-3"])
     with pytest.raises(RecipeError, match="does not exist"):
-        parse_recipe(classes, tmp_path / "missing.yaml")
+        parse_recipe(CLASSES, tmp_path / "missing.yaml")
 
 
 @pytest.mark.parametrize("recipe", YAMLS, ids=lambda p: p.stem)
@@ -71,7 +67,7 @@ def test_recipe_runs_two_steps(recipe, pairs, tmp_path):
         "activation_checkpointing": "false", "warmup_steps": "0",
     }  # fmt: skip
     argv = ["--config", str(recipe)] + [item for key, value in overrides.items() for item in (f"--{key}", value)]
-    result = clip_pretrain.main(argv)
+    result = clip_recipe.main(argv)
     losses = [entry["loss"] for entry in result["log_history"] if "loss" in entry]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert any("logit_scale" in entry for entry in result["log_history"])

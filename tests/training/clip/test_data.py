@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from hfmm.models.clip.processing_clip import HfmmCLIPProcessor
-from hfmm.training.arguments import CLIPDataArguments
+from hfmm.training.clip.arguments import CLIPDataArguments
 from hfmm.training.clip.data import (
     SKIP_REASONS,
     CLIPCollator,
@@ -202,7 +202,6 @@ def test_clear_errors_for_bad_paths_formats_and_columns(tmp_path, processor):
     path = write_csv(tmp_path / "pairs.csv", rows)
     cases = [
         (CLIPDataArguments(train_data=str(tmp_path / "missing.csv")), "does not exist"),
-        (CLIPDataArguments(train_data=str(path), data_format="parquet"), "data_format='parquet' is not supported"),
         (CLIPDataArguments(train_data=str(path), caption_column="title"), "no column 'title'"),
         (CLIPDataArguments(train_data=str(tmp_path / "notes.txt")), "Cannot infer the data format"),
         (CLIPDataArguments(train_data=str(tmp_path / "images")), "no column 'caption'"),  # imagefolder, no metadata
@@ -213,6 +212,8 @@ def test_clear_errors_for_bad_paths_formats_and_columns(tmp_path, processor):
     for args, message in cases:
         with pytest.raises(ValueError, match=message):
             build_train_dataset(args, processor)
+    with pytest.raises(ValueError, match="key data_format has value 'parquet'; expected 'auto' | 'csv'"):
+        CLIPDataArguments(train_data=str(path), data_format="parquet")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -388,13 +389,12 @@ def test_max_train_samples(tmp_path, processor):
 
 
 def test_a_csv_with_bad_rows_trains_and_logs_the_skipped_count(tmp_path, processor):
-    from transformers import TrainingArguments
-
     from hfmm import HfmmCLIPModel
+    from hfmm.training.clip.arguments import CLIPTrainingArguments
     from hfmm.training.clip.trainer import CLIPTrainer
 
     path, _ = bad_csv(tmp_path)
-    args = TrainingArguments(
+    args = CLIPTrainingArguments(
         output_dir=str(tmp_path / "out"),
         use_cpu=True,
         report_to=[],

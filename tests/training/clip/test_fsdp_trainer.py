@@ -23,7 +23,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModel, set_seed
 
 from hfmm.demo.synthetic import make_shapes_dataset
-from hfmm.training.arguments import CLIPModelArguments
+from hfmm.training.clip.arguments import CLIPModelArguments
 from hfmm.training.clip.model import load_model_and_processor
 
 RECIPE = ROOT / "recipes" / "clip_pretrain.py"

@@ -16,7 +16,7 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 from transformers import TrainingArguments
 
-from hfmm.training.arguments import CLIPDataArguments
+from hfmm.training.clip.arguments import CLIPDataArguments
 from hfmm.training.clip.data import ShardStream, build_train_dataset, configure_streaming, expand_shards, stream_shards
 
 WORKER = Path(__file__).with_name("stream_worker.py")

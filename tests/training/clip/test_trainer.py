@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import clip_batch, tiny_clip_config
-from transformers import TrainingArguments
 
 from hfmm import HfmmCLIPModel
 from hfmm.losses import clip_loss
+from hfmm.training.clip.arguments import CLIPTrainingArguments
 from hfmm.training.clip.trainer import CLIPTrainer, LogitScaleClampCallback
 
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -36,8 +36,14 @@ def max_diff(a: dict, b: dict) -> float:
 def gradients(dtype, chunk, batch, tmp_path) -> dict:
     torch.manual_seed(0)
     model = HfmmCLIPModel(tiny_clip_config()).to(dtype)
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=16)
-    trainer = CLIPTrainer(model=model, args=args, grad_cache_chunk_size=chunk)
+    args = CLIPTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=16,
+        grad_cache_chunk_size=chunk,
+    )
+    trainer = CLIPTrainer(model=model, args=args)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop; one micro-batch per step here
     trainer.training_step(model, dict(batch))
     return {name: param.grad.clone() for name, param in model.named_parameters()}
@@ -98,10 +104,11 @@ def test_grad_cache_replays_dropout_randomness(tmp_path, device):
     with torch.no_grad():
         without_dropout = model.eval()(**batch, return_logits=False).image_embeds
     model.train().zero_grad(set_to_none=True)
-    args = TrainingArguments(
-        output_dir=str(tmp_path), use_cpu=device == "cpu", report_to=[], per_device_train_batch_size=16
-    )
-    trainer = CLIPTrainer(model=model, args=args, grad_cache_chunk_size=4, loss_mode="local")
+    args = CLIPTrainingArguments(
+        output_dir=str(tmp_path), use_cpu=device == "cpu", report_to=[], per_device_train_batch_size=16,
+        grad_cache_chunk_size=4, loss_mode="local",
+    )  # fmt: skip
+    trainer = CLIPTrainer(model=model, args=args)
     trainer.current_gradient_accumulation_steps = 1
     torch.manual_seed(1)
     trainer.training_step(model, dict(batch))
@@ -171,6 +178,15 @@ def test_logit_scale_is_clamped_after_the_step():
 
 
 def test_unknown_loss_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="key loss has value 'infonce'; expected 'clip' | 'siglip'"):
+        CLIPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], loss="infonce")
+    with pytest.raises(ValueError, match="grad_cache_chunk_size must be positive, got 0"):
+        CLIPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], grad_cache_chunk_size=0)
+
+
+def test_trainer_takes_its_own_arguments_class(tmp_path):
+    from transformers import TrainingArguments
+
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    with pytest.raises(ValueError, match="loss='infonce'"):
-        CLIPTrainer(model=HfmmCLIPModel(tiny_clip_config()), args=args, loss="infonce")
+    with pytest.raises(TypeError, match="CLIPTrainer reads its settings from a CLIPTrainingArguments"):
+        CLIPTrainer(model=HfmmCLIPModel(tiny_clip_config()), args=args)

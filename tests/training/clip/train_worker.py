@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from conftest import tiny_clip_config  # noqa: E402
 
 from hfmm import HfmmCLIPModel  # noqa: E402
+from hfmm.training.clip.arguments import CLIPTrainingArguments  # noqa: E402
 from hfmm.training.clip.trainer import CLIPTrainer  # noqa: E402
 
 
@@ -68,7 +69,7 @@ def main() -> None:
     dtype = getattr(torch, opts.dtype)
     torch.manual_seed(0)
     model = HfmmCLIPModel(tiny_clip_config()).to(dtype)
-    args = TrainingArguments(
+    args = CLIPTrainingArguments(
         output_dir=str(opts.out / "run"),
         use_cpu=True,
         report_to=[],
@@ -86,6 +87,8 @@ def main() -> None:
         remove_unused_columns=False,
         disable_tqdm=True,
         seed=0,
+        loss_mode=opts.mode,
+        grad_cache_chunk_size=opts.grad_cache,
     )
     recorder = Recorder(opts.crash_after)
     trainer = CLIPTrainer(
@@ -93,8 +96,6 @@ def main() -> None:
         args=args,
         train_dataset=Samples(dtype),
         callbacks=[recorder],
-        loss_mode=opts.mode,
-        grad_cache_chunk_size=opts.grad_cache,
     )
     trainer.train(resume_from_checkpoint=opts.resume)
     params = {n: p.detach().clone() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}

@@ -2,7 +2,7 @@
 
     python neva_train_worker.py MODEL DATA OUT [--dtype float64] [--batch 4] [--group]
 
-The body is stage 2's (`recipes/neva_stage1.py` with stage=2): `load_neva` with the tower frozen,
+The body is stage 2's (`hfmm.training.neva.recipe` with stage=2): `load_neva` with the tower frozen,
 `build_conversation_dataset`, `NevaCollator`, `NevaTrainer`; one SGD step. Writes OUT/rank{r}.pt with
 {"grads": first step's gradients (after backward, before the optimizer step), "modalities": per device batch of
 this rank, whether each sample had an image}.
@@ -12,11 +12,12 @@ import argparse
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
-from hfmm.training.arguments import NevaModelArguments
-from hfmm.training.neva.data import NevaCollator, build_conversation_dataset, modality_lengths
-from hfmm.training.neva.model import NevaTrainer, load_neva
+from hfmm.training.neva.arguments import NevaModelArguments, NevaTrainingArguments
+from hfmm.training.neva.data import NevaCollator, build_conversation_dataset
+from hfmm.training.neva.model import load_neva
+from hfmm.training.neva.trainer import NevaTrainer
 
 
 class Recorder(TrainerCallback):
@@ -40,11 +41,11 @@ def main() -> None:
     model, processor = load_neva(NevaModelArguments(model_name_or_path=str(opts.model), freeze_vision_tower=True))
     model = model.to(getattr(torch, opts.dtype))
     dataset = build_conversation_dataset(opts.data, processor, image_folder=opts.data.parent)
-    args = TrainingArguments(
+    args = NevaTrainingArguments(
         output_dir=str(opts.out / "run"), use_cpu=True, report_to=[], per_device_train_batch_size=opts.batch,
         max_steps=1, optim="sgd", learning_rate=0.1, lr_scheduler_type="constant", max_grad_norm=0.0,
         train_sampling_strategy="sequential", remove_unused_columns=False, save_strategy="no", disable_tqdm=True,
-        seed=0,
+        seed=0, group_by_modality_length=opts.group,
     )  # fmt: skip
     recorder = Recorder()
     trainer = NevaTrainer(
@@ -53,7 +54,6 @@ def main() -> None:
         train_dataset=dataset,
         data_collator=NevaCollator(processor.tokenizer.pad_token_id),
         callbacks=[recorder],
-        modality_lengths=modality_lengths(dataset) if opts.group else None,
     )
     image_id = processor.image_token_id
     modalities = [(batch["input_ids"] == image_id).any(dim=1).tolist() for batch in trainer.get_train_dataloader()]

@@ -20,7 +20,8 @@ from neva_fixtures import save_tiny_neva, save_tiny_parts
 from PIL import Image
 from safetensors.torch import load_file
 
-from hfmm.training.neva.model import QLORA_UNDER_FSDP, projector_state
+from hfmm.training.neva.model import projector_state
+from hfmm.training.neva.trainer import QLORA_UNDER_FSDP
 
 RECIPES = ROOT / "recipes"
 COLOURS = {"red": (220, 20, 20), "green": (20, 180, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
@@ -209,7 +210,7 @@ def test_saved_folders_are_plain_nevas_that_hfmm_and_transformers_alone_load(run
     from transformers import AutoModelForImageTextToText
 
     from hfmm import NevaForConditionalGeneration
-    from hfmm.hub.cards import upload_plan
+    from hfmm.hub.push import upload_plan
 
     folders = [runs[case][0] for case in CASES]
     for folder in folders:

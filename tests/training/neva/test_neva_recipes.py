@@ -1,6 +1,5 @@
 """NeVA recipes: stage 1 trains only the projector, stage 2 keeps the tower frozen, LoRA/QLoRA train what they say."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,10 @@ from safetensors.torch import load_file
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
 from hfmm import NevaForConditionalGeneration
+from hfmm.training.neva import recipe
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 COLOURS = {"red": (220, 20, 20), "green": (20, 180, 20), "blue": (20, 20, 220), "yellow": (230, 220, 20)}
-
-
-def recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +44,7 @@ def stage1(parts: Path, out: Path) -> dict:
     argv = ["--config", str(RECIPES / "neva" / "tiny_demo_stage1.yaml"), "--vision_tower", str(parts / "clip"),
             "--language_model", str(parts / "llm"), "--train_data", str(parts / "data" / "captions.json"),
             "--image_folder", str(parts / "data"), *common(out)]  # fmt: skip
-    return recipe("neva_stage1")(argv)
+    return recipe.main(argv, stage=1)
 
 
 def stage2(parts: Path, stage1_out: Path, out: Path, *extra: str) -> dict:
@@ -59,7 +52,7 @@ def stage2(parts: Path, stage1_out: Path, out: Path, *extra: str) -> dict:
             "--pretrained_projector", str(stage1_out / "projector.safetensors"),
             "--train_data", str(parts / "data" / "questions.json"), "--image_folder", str(parts / "data"),
             *common(out), *extra]  # fmt: skip
-    return recipe("neva_stage2")(argv)
+    return recipe.main(argv, stage=2)
 
 
 def equal_states(a: dict, b: dict) -> bool:
@@ -97,7 +90,7 @@ def test_stage2_full_keeps_the_tower_and_trains_the_language_model(parts, stage1
 
 
 def test_stage2_lora_trains_adapters_and_projector_only(parts, stage1_out, tmp_path):
-    from hfmm.training.arguments import LoraArguments, NevaModelArguments
+    from hfmm.training.neva.arguments import LoraArguments, NevaModelArguments
     from hfmm.training.neva.model import load_neva
 
     model, _ = load_neva(NevaModelArguments(model_name_or_path=str(stage1_out), lora=LoraArguments(r=4, alpha=8)))
@@ -132,13 +125,13 @@ def test_every_neva_recipe_runs_two_steps_with_a_tiny_model(parts, stage1_out, t
                  "--dataloader_num_workers", "0", "--use_cpu", "true"]  # fmt: skip
     if "stage1" in path.stem:
         overrides += ["--vision_tower", str(parts / "clip"), "--language_model", str(parts / "llm")]
-        main = recipe("neva_stage1")
+        stage = 1
     else:
         overrides += ["--model_name_or_path", str(stage1_out), "--pretrained_projector", str(stage1_out)]
-        main = recipe("neva_stage2")
+        stage = 2
     if "quantization" in keys:
         overrides += ["--quantization.bnb_4bit_compute_dtype", "float32"]  # bitsandbytes' CPU path
-    result = main(["--config", str(path), *overrides])
+    result = recipe.main(["--config", str(path), *overrides], stage=stage)
     losses = [entry["loss"] for entry in result["log_history"] if "loss" in entry]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
 

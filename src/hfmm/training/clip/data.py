@@ -37,6 +37,7 @@ import os
 import random
 import re
 import tarfile
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -46,9 +47,11 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from torchvision import transforms as T
 
+from hfmm.training.clip.arguments import DataFormat
+
 logger = logging.getLogger(__name__)
 
-DATA_FORMATS = ("auto", "csv", "jsonl", "webdataset", "imagefolder")
+DATA_FORMATS = typing.get_args(DataFormat)
 SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption")
 WEBDATASET_IMAGE_KEYS = ("jpg", "png", "jpeg", "webp")  # OpenCLIP's image keys, first present wins
 WEBDATASET_TEXT_KEY = "txt"
@@ -126,10 +129,8 @@ def expand_shards(spec: str) -> list[str]:
     return [shard for part in spec.split("::") for pattern in _expand_braces(part) for shard in _match_shards(pattern)]
 
 
-def resolve_format(path: str, data_format: str = "auto") -> str:
+def resolve_format(path: str, data_format: DataFormat = "auto") -> str:
     """The data format of `path`: `data_format` itself unless it is `"auto"`, else inferred from the path."""
-    if data_format not in DATA_FORMATS:
-        raise ValueError(f"data_format={data_format!r} is not supported; choose one of {', '.join(DATA_FORMATS)}.")
     if data_format != "auto":
         return data_format
     first = _expand_braces(path.split("::")[0])[0]

@@ -7,6 +7,7 @@ from hfmm.models.clip import HfmmCLIPConfig, HfmmCLIPModel, HfmmSigLIPConfig, Hf
 from hfmm.models.clip.configuration_clip import PRESETS_DIR
 from hfmm.models.clip.processing_clip import HfmmCLIPProcessor
 from hfmm.training.arguments import check_model_paths
+from hfmm.training.clip.arguments import CLIPModelArguments
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -31,19 +32,10 @@ def preset_config(preset: str, overrides: dict | None = None, loss: str = "clip"
     return HfmmCLIPConfig(**config)
 
 
-PARAMETER_DTYPES = ("float32", "bfloat16", "float16", "float64")
-
-
-def parameter_dtype(name: str) -> torch.dtype:
-    """The torch dtype a recipe's `dtype` names."""
-    if name not in PARAMETER_DTYPES:
-        raise ValueError(f"dtype={name!r} is not supported; choose one of {', '.join(PARAMETER_DTYPES)}.")
-    return getattr(torch, name)
-
-
-def load_model_and_processor(model_args):
-    """The model (`model_name_or_path`, else a fresh `preset`) in `model_args.dtype`, and its processor."""
-    dtype = parameter_dtype(model_args.dtype)
+def load_model_and_processor(model_args: CLIPModelArguments, loss: str = "clip"):
+    """The model (`model_name_or_path`, else a fresh `preset`; a SigLIP for `loss="siglip"`) in `model_args.dtype`,
+    and its processor."""
+    dtype = getattr(torch, model_args.dtype)
     check_model_paths(model_args)  # a missing local folder: one line now, not Hub retries then a traceback
     if model_args.model_name_or_path:
         model = AutoModel.from_pretrained(model_args.model_name_or_path, dtype=dtype)
@@ -53,6 +45,6 @@ def load_model_and_processor(model_args):
         raise ValueError(
             f"Set `model_name_or_path` or `preset` (one of {sorted(p.stem for p in PRESETS_DIR.glob('*.json'))})."
         )
-    config = preset_config(model_args.preset, model_args.config_overrides, model_args.loss)
+    config = preset_config(model_args.preset, model_args.config_overrides, loss)
     model_cls = HfmmSigLIPModel if isinstance(config, HfmmSigLIPConfig) else HfmmCLIPModel
     return model_cls(config).to(dtype), HfmmCLIPProcessor.from_vision_config(config.vision_config)

@@ -1,4 +1,5 @@
-"""`CLIPTrainer`: transformers' `Trainer` with hfmm's exact tiled contrastive loss, and GradCache.
+"""`CLIPTrainer`: transformers' `Trainer` with hfmm's exact tiled contrastive loss, and GradCache; its settings are
+`CLIPTrainingArguments`.
 
 The loss is taken over the global batch (every rank's embeddings; the mode follows the process group), each rank
 returning its share, so DDP/FSDP gradient averaging gives the exact gradients of the global loss.
@@ -16,9 +17,9 @@ import torch
 from transformers import TrainerCallback
 
 from hfmm.losses import clip_loss, siglip_loss
+from hfmm.training.clip.arguments import CLIPTrainingArguments
 from hfmm.training.trainer import HfmmTrainer
 
-LOSSES = {"clip": clip_loss, "siglip": siglip_loss}
 MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -40,42 +41,21 @@ class CLIPTrainer(HfmmTrainer):
     """Trainer for hfmm CLIP models; batches are `{"pixel_values", "input_ids"}` dicts.
 
     Args:
-        loss (`str`, *optional*, defaults to `"clip"`):
-            `"clip"` (softmax InfoNCE) or `"siglip"` (sigmoid, needs a model with a logit bias).
-        loss_mode (`str`, *optional*, defaults to `"auto"`):
-            `hfmm.losses` mode: `auto`, `local`, `gather` or `ring`.
-        loss_tile_size (`int`, *optional*):
-            Tile size of the tiled loss.
-        grad_cache_chunk_size (`int`, *optional*):
-            Enables GradCache: embed the device batch in chunks of this size (it must divide the batch).
-        max_logit_scale (`float`, *optional*, defaults to 100):
-            The logit multiplier is clamped to at most this after every optimizer step.
+        args (`CLIPTrainingArguments`):
+            Transformers' settings plus the loss's: `loss`, `loss_mode`, `loss_tile_size`, `grad_cache_chunk_size`,
+            `max_logit_scale`.
         **kwargs:
             Passed to [`~transformers.Trainer`].
     """
 
+    args_class = CLIPTrainingArguments
     # The contrastive loss is a per-batch mean, never normalised by a token count: Trainer divides it by the
     # number of gradient-accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(
-        self,
-        *args,
-        loss: str = "clip",
-        loss_mode: str = "auto",
-        loss_tile_size: int | None = None,
-        grad_cache_chunk_size: int | None = None,
-        max_logit_scale: float = 100.0,
-        **kwargs,
-    ):
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r} is not supported; choose one of {sorted(LOSSES)}.")
-        if grad_cache_chunk_size is not None and grad_cache_chunk_size < 1:
-            raise ValueError(f"grad_cache_chunk_size must be positive, got {grad_cache_chunk_size}.")
-        self.loss_name, self.loss_mode, self.loss_tile_size = loss, loss_mode, loss_tile_size
-        self.grad_cache_chunk_size = grad_cache_chunk_size
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.add_callback(LogitScaleClampCallback(max_logit_scale))
+        self.add_callback(LogitScaleClampCallback(self.args.max_logit_scale))
         self._logit_scale = None
 
     # --- loss ---------------------------------------------------------------------------------------------------
@@ -87,8 +67,8 @@ class CLIPTrainer(HfmmTrainer):
         dtype = MIXED_PRECISION_DTYPES.get(self.accelerator.mixed_precision)
         if dtype is not None:
             image_embeds, text_embeds = image_embeds.to(dtype), text_embeds.to(dtype)
-        kwargs = {"mode": self.loss_mode, "tile_size": self.loss_tile_size}
-        if self.loss_name == "siglip":
+        kwargs = {"mode": self.args.loss_mode, "tile_size": self.args.loss_tile_size}
+        if self.args.loss == "siglip":
             if logit_bias is None:
                 raise ValueError("loss='siglip' needs a model with a logit bias (HfmmSigLIPConfig).")
             return siglip_loss(image_embeds, text_embeds, logit_scale, logit_bias, **kwargs)
@@ -111,15 +91,12 @@ class CLIPTrainer(HfmmTrainer):
     def log(self, logs: dict, *args, **kwargs) -> None:
         if self._logit_scale is not None and "loss" in logs:
             logs["logit_scale"] = round(self._logit_scale.float().mean().item(), 4)
-        collator_counts = getattr(self.data_collator, "skipped", None)
-        if collator_counts and "loss" in logs:
-            logs["skipped_samples"] = sum(collator_counts.values())
         super().log(logs, *args, **kwargs)
 
     # --- GradCache ----------------------------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.grad_cache_chunk_size is None:
+        if self.args.grad_cache_chunk_size is None:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
@@ -160,7 +137,7 @@ class CLIPTrainer(HfmmTrainer):
         return (loss * scale).detach()
 
     def _chunks(self, inputs) -> list[dict]:
-        size = self.grad_cache_chunk_size
+        size = self.args.grad_cache_chunk_size
         batch = len(inputs["input_ids"])
         if batch % size:
             raise ValueError(f"grad_cache_chunk_size={size} must divide the device batch size {batch}.")

@@ -1,4 +1,4 @@
-"""NeVA's two training stages on the standard stack: model assembly from parts, freezing, LoRA/QLoRA, saving.
+"""The model of NeVA's two training stages: assembly from parts, freezing, LoRA/QLoRA, the projector file, saving.
 
 Stage 1 (feature alignment): a NeVA assembled from a CLIP tower and a causal LM with a fresh projector; only the
 projector trains. Stage 2 (fine-tuning): the projector (from stage 1) and the language model train, the tower stays
@@ -25,19 +25,14 @@ from transformers import (
 
 from hfmm.models.neva import NevaConfig, NevaForConditionalGeneration
 from hfmm.models.neva.processing_neva import NevaProcessor
-from hfmm.training.arguments import NevaModelArguments, RecipeError, check_model_paths
-from hfmm.training.clip.model import parameter_dtype
-from hfmm.training.neva.data import ModalityLengthGroupedSampler
-from hfmm.training.trainer import HfmmTrainer, as_own_class, gathered_state_dict
+from hfmm.training.arguments import RecipeError, check_model_paths
+from hfmm.training.neva.arguments import NevaModelArguments
+from hfmm.training.trainer import as_own_class, gathered_state_dict
 
 logger = logging.getLogger(__name__)
 
 PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_PREFIX = "model.multi_modal_projector."
-QLORA_UNDER_FSDP = (
-    "QLoRA (`quantization:`) is not supported under FSDP: sharding bitsandbytes' 4-bit weights is untested here "
-    "(CPU-only bitsandbytes); use DDP (recipes/accelerate/ddp.yaml) or drop `quantization:` for LoRA."
-)
 
 
 def assemble_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneration, NevaProcessor]:
@@ -49,7 +44,7 @@ def assemble_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneratio
         tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    dtype = parameter_dtype(args.dtype)
+    dtype = getattr(torch, args.dtype)
     language_model = AutoModelForCausalLM.from_pretrained(args.language_model, dtype=dtype)
     vision_config = AutoConfig.from_pretrained(args.vision_tower)
     vision_config = getattr(vision_config, "vision_config", vision_config)
@@ -89,7 +84,7 @@ def load_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneration, N
                 bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
             )  # fmt: skip
         model = AutoModelForImageTextToText.from_pretrained(
-            args.model_name_or_path, quantization_config=quantization, dtype=parameter_dtype(args.dtype)
+            args.model_name_or_path, quantization_config=quantization, dtype=getattr(torch, args.dtype)
         )
         processor = AutoProcessor.from_pretrained(args.model_name_or_path)
         if args.conv_template and processor.chat_template != NevaProcessor.chat_template_for(args.conv_template):
@@ -156,53 +151,6 @@ def load_projector(model: NevaForConditionalGeneration, path: str | Path) -> Non
     state = load_file(path)
     model.model.multi_modal_projector.load_state_dict(state, strict=True)
     logger.info("loaded the projector from %s", path)
-
-
-class NevaTrainer(HfmmTrainer):
-    """`Trainer` with an optional separate learning rate for the projector (LLaVA's LoRA recipe: 2e-5), optional
-    modality-grouped batches (LLaVA's `group_by_modality_length`, given `modality_lengths`); skipped samples are
-    reported in the training logs."""
-
-    def __init__(self, *args, projector_lr: float | None = None, modality_lengths: list[int] | None = None, **kwargs):
-        self.projector_lr, self.modality_lengths = projector_lr, modality_lengths
-        super().__init__(*args, **kwargs)
-        if self.is_fsdp_enabled and getattr(self.model, "is_loaded_in_4bit", False):
-            raise RecipeError(QLORA_UNDER_FSDP)
-
-    def _get_train_sampler(self, train_dataset=None):
-        if self.modality_lengths is None:
-            return super()._get_train_sampler(train_dataset)
-        return ModalityLengthGroupedSampler(
-            self.modality_lengths,
-            batch_size=self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            world_size=self.args.world_size,
-            seed=self.args.seed,
-        )
-
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        # Training never reads a key-value cache; one written in `forward` would also be written a second time when
-        # FSDP's activation checkpointing recomputes a decoder layer in backward (doubling its keys).
-        return super().compute_loss(model, {**inputs, "use_cache": False}, *args, **kwargs)
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """Adds the samples the collator skipped so far, by reason (`skipped_<reason>`), to the training logs."""
-        skipped = getattr(self.data_collator, "skipped", None)
-        if skipped and "loss" in logs:
-            logs = {**logs, **{f"skipped_{reason}": float(count) for reason, count in skipped.items() if count}}
-        super().log(logs, *args, **kwargs)
-
-    def create_optimizer(self, model=None):
-        if self.projector_lr is None:
-            return super().create_optimizer(model)
-        model = model if model is not None else self.model
-        projector, rest = [], []
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad:
-                (projector if "multi_modal_projector" in name else rest).append(parameter)
-        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        groups = [{"params": rest}, {"params": projector, "lr": self.projector_lr}]
-        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **kwargs)
-        return self.optimizer
 
 
 def save_neva(trainer: Trainer, processor, args: NevaModelArguments, output_dir: str) -> None:
