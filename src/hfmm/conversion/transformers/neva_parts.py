@@ -11,12 +11,12 @@ from transformers import AutoImageProcessor
 from hfmm.conversion.common.key_maps import KeyMap, same
 from hfmm.conversion.common.readers import CheckpointError, image_processor_file, read_model_folder
 from hfmm.models.neva import NevaForConditionalGeneration
+from hfmm.vocabulary import IMAGE_TOKEN, PAD_TOKEN, RESIZE_SEED, add_image_tokens, grow_embeddings
 
 # The CLIP vision tower's own keys, and any key of a causal LM but the rotary `inv_freq` buffers old checkpoints carry
 # (dropped), so that no key has two rules.
 VISION = r"(embeddings\.(?:class_embedding|patch_embedding\.weight|position_embedding\.weight)|(?:pre_layrnorm|post_layernorm)\.(?:weight|bias)|encoder\.layers\.\d+\..+)"
 LANGUAGE_MODEL = r"((?!.*\.rotary_emb\.inv_freq$).+)"
-IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"
 
 # The parts given with --vision (a transformers CLIPModel or CLIPVisionModel folder) and --llm (a causal LM folder).
 VISION_PART_KEYS = KeyMap(
@@ -65,42 +65,11 @@ def load_image_processor(*folders: Path, pad: bool):
     return processor
 
 
-RESIZE_SEED = 0  # new embedding rows are drawn from this seed: a conversion is reproducible bit for bit
-
-
-def _rows_like(rows: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` draws from N(μ, 1e-5·Σ), μ and Σ the mean and covariance of `rows` (transformers' LLaVA converter)."""
-    rows64 = rows.double()
-    mean = rows64.mean(0)
-    centered = rows64 - mean
-    covariance = 1e-5 * centered.T @ centered / rows.shape[0]  # (hidden, hidden)
-    factor, info = torch.linalg.cholesky_ex(covariance)
-    if info.item() != 0:  # fewer rows than dimensions, or a degenerate matrix: the mean itself
-        return mean.expand(count, -1).to(rows.dtype).clone()
-    noise = torch.randn(count, rows.shape[1], generator=generator, dtype=torch.float64)
-    return (mean + noise @ factor.T).to(rows.dtype)
-
-
 def add_image_token(model: NevaForConditionalGeneration, tokenizer, notes: list[str]) -> None:
-    """
-    Adds `<image>` (and `<pad>` when the tokenizer has no pad token) as special tokens and resizes the embeddings as
-    transformers' LLaVA converter does: to the new vocabulary padded to a multiple of 64, every new row drawn from
-    N(μ, 1e-5·Σ) of the old rows, with a fixed seed (`RESIZE_SEED`). Unlike that converter, the new `lm_head` rows
-    are drawn from `lm_head`'s own rows (it uses the input embeddings' statistics for both), so a new token's logit
-    stays near an average token's. These rows are the conversion's choice: `<image>`'s input row is always replaced
-    by image features, and the padding rows are never produced by the tokenizer.
-    """
-    added = tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
-    if tokenizer.pad_token is None:
-        added += tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    old = model.get_input_embeddings().num_embeddings
-    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)  # keeps the old rows
-    new = model.get_input_embeddings().num_embeddings
-    generator = torch.Generator().manual_seed(RESIZE_SEED)
-    embeddings, head = model.get_input_embeddings().weight, model.lm_head.weight
-    with torch.no_grad():
-        for weight in (embeddings,) if head is embeddings else (embeddings, head):
-            weight[old:] = _rows_like(weight[:old], new - old, generator)
+    """Adds `<image>` (and `<pad>`) to `tokenizer` and grows `model`'s embeddings by hfmm's one policy for new
+    token rows (`hfmm.vocabulary`: padded to a multiple of 64, seeded draws from N(μ, 1e-5·Σ) of the old rows)."""
+    added = add_image_tokens(tokenizer)
+    old, new = grow_embeddings(model, len(tokenizer))
     model.config.text_config.vocab_size = new
     model.config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     notes.append(

@@ -28,6 +28,7 @@ from hfmm.models.neva.processing_neva import NevaProcessor
 from hfmm.training.arguments import RecipeError, check_model_paths
 from hfmm.training.neva.arguments import NevaModelArguments
 from hfmm.training.trainer import as_own_class, gathered_state_dict
+from hfmm.vocabulary import IMAGE_TOKEN, add_image_tokens, grow_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,7 @@ def assemble_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneratio
     if args.vision_tower is None or args.language_model is None:
         raise RecipeError("assembling a NeVA needs `vision_tower` and `language_model` (or give model_name_or_path).")
     tokenizer = AutoTokenizer.from_pretrained(args.language_model)
-    if "<image>" not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    add_image_tokens(tokenizer)
     dtype = getattr(torch, args.dtype)
     language_model = AutoModelForCausalLM.from_pretrained(args.language_model, dtype=dtype)
     vision_config = AutoConfig.from_pretrained(args.vision_tower)
@@ -54,16 +52,14 @@ def assemble_neva(args: NevaModelArguments) -> tuple[NevaForConditionalGeneratio
         text_config=language_model.config.to_dict(),
         projector_type=args.projector_type,
         vision_feature_layer=args.vision_feature_layer,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         conv_template=args.conv_template,
     )
     model = NevaForConditionalGeneration(config).to(dtype)
     model.model.vision_tower.load_state_dict(vision.state_dict())
     model.model.language_model.load_state_dict(language_model.model.state_dict())
     model.lm_head.load_state_dict(language_model.lm_head.state_dict())
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
+    _, model.config.text_config.vocab_size = grow_embeddings(model, len(tokenizer))  # hfmm's one new-row policy
     image_processor = AutoImageProcessor.from_pretrained(args.vision_tower)
     processor = NevaProcessor.from_model_config(model.config, image_processor, tokenizer)
     return model, processor
